@@ -1,0 +1,126 @@
+"""Run folders on disk: atomic writes, manifests, and clear errors for missing stages.
+
+Stages talk only through runs/<run>/<stage> folders. A folder is published by building it
+under a temporary name and renaming it into place, so a crash never leaves a half-written
+model where a later stage would load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """A stage's input folder is missing or incomplete; the message says how to make it."""
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextmanager
+def publish_dir(final: str | Path):
+    """Yield a staging folder; on success it replaces `final` in one rename.
+
+    On any error the staging folder is removed and `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    retired = final.parent / f".{final.name}.retired-{os.getpid()}"
+    if final.exists():
+        os.replace(final, retired)
+    os.replace(staging, final)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def fingerprint(data) -> str:
+    """A short stable hash of JSON-able data (used to tell whether a config changed)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
+    }
+
+
+def make_manifest(stage: str, **fields) -> dict:
+    return {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment(),
+        **fields,
+    }
+
+
+def read_manifest(folder: str | Path, stage: str, make_hint: str) -> dict:
+    """The manifest of a published stage folder, or an ArtifactError saying how to make it."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder} holds no {stage} output ({MANIFEST} missing); "
+                            f"run `{make_hint}` first")
+    try:
+        manifest = read_json(path)
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path} is corrupt ({error}); rerun `{make_hint}`") from None
+    if manifest.get("stage") != stage:
+        raise ArtifactError(f"{folder} holds a {manifest.get('stage')!r} output, "
+                            f"not {stage!r}; run `{make_hint}`")
+    return manifest

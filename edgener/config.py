@@ -1,0 +1,83 @@
+"""YAML presets into small config dataclasses, with `key=value` overrides from the command line.
+
+A preset file holds the dataclass's fields and may hold a `quick:` mapping of overrides
+that apply in quick mode (a slice of the data, fewer steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def preset_path(stage: str, preset: str) -> Path:
+    """A preset name under configs/<stage>/, or a path to a YAML file."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"config file {preset} does not exist")
+        return candidate
+    path = CONFIG_ROOT / stage / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_ROOT / stage).glob("*.yaml"))
+        raise ConfigError(f"unknown {stage} preset {preset!r}; known: {', '.join(known)}")
+    return path
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['lr=1e-4', 'epochs=3'] -> {'lr': 0.0001, 'epochs': 3}, values read as YAML."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else None
+    return out
+
+
+def load_config(cls: type[T], path: Path, overrides: dict[str, Any], quick: bool) -> T:
+    raw = yaml.safe_load(path.read_text()) or {}
+    quick_overrides = raw.pop("quick", {}) or {}
+    values = {**raw, **(quick_overrides if quick else {}), **overrides}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(fields))}")
+    for key, value in values.items():
+        values[key] = _coerce(key, value, fields[key])
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
+    """YAML reads 1e-4 as a string and 3 as int where float is wanted; fix the obvious cases."""
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    try:
+        if value is None:
+            return None
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("int") and not isinstance(value, bool):
+            return int(value)
+        if kind.startswith("bool") and not isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key}: {value!r} is not a {kind}") from None
+    return value
+
+
+def as_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,183 @@
+"""NER datasets: CoNLL-style files on disk (or a Hugging Face hub dataset), as IOB2 sentences."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgener.tags import SCHEMES, detect_scheme, is_valid_tag, to_iob2
+
+DATA_DIR_ENV = "EDGE_NER_DATA_DIR"
+SPLIT_FILES = {
+    "train": ("train.txt", "train"),
+    "valid": ("valid.txt", "valid", "dev.txt", "dev"),
+    "test": ("test.txt", "test"),
+}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    tags: list[str]
+    # Line of each word in its source file, for error messages; 0 where there is no file.
+    lines: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str
+    labels: list[str]
+    splits: dict[str, list[Sentence]]
+    files: dict[str, str]
+
+    def split(self, name: str) -> list[Sentence]:
+        return self.splits[name]
+
+
+def read_conll(path: str | Path) -> list[Sentence]:
+    """Read one CoNLL-style file: token first, tag last, blank lines between sentences.
+
+    Columns may be separated by spaces or tabs; -DOCSTART- lines are skipped. Raises
+    DataError naming the file and line for anything it cannot read faithfully.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    sentences: list[Sentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+
+    def close_sentence() -> None:
+        if words:
+            sentences.append(Sentence(words.copy(), tags.copy(), lines.copy()))
+            words.clear()
+            tags.clear()
+            lines.clear()
+
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}:{number}: not valid UTF-8 (byte {raw_line[error.start]:#04x} "
+                f"at column {error.start + 1})"
+            ) from None
+        columns = line.split()
+        if not columns:
+            close_sentence()
+            continue
+        if columns[0] == "-DOCSTART-":
+            close_sentence()
+            continue
+        if len(columns) < 2:
+            raise DataError(
+                f"{path}:{number}: expected a token and a tag, found one column {line.strip()!r}"
+            )
+        tag = columns[-1]
+        if not is_valid_tag(tag):
+            raise DataError(
+                f"{path}:{number}: malformed tag {tag!r} (expected O or B-/I-/E-/S- and a type)"
+            )
+        words.append(columns[0])
+        tags.append(tag)
+        lines.append(number)
+    close_sentence()
+    if not sentences:
+        raise DataError(f"{path}: no sentences found")
+    return sentences
+
+
+def find_split_file(folder: Path, split: str) -> Path:
+    for name in SPLIT_FILES[split]:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{folder}: no {split} file (looked for {', '.join(SPLIT_FILES[split])})"
+    )
+
+
+def resolve_dataset_dir(dataset: str, data_dir: str | None) -> Path | None:
+    """A dataset is a folder path, or a name under the data dir; None if neither exists."""
+    candidates = [Path(dataset)]
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        candidates.append(Path(data_dir) / dataset)
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto") -> Dataset:
+    """Load train/valid/test as IOB2 sentences with the label set taken from train.
+
+    A name that is neither a folder nor found under the data dir is looked up on the
+    Hugging Face hub (needs network access).
+    """
+    if scheme not in SCHEMES:
+        raise DataError(f"unknown tag scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    folder = resolve_dataset_dir(dataset, data_dir)
+    if folder is not None:
+        files = {split: find_split_file(folder, split) for split in SPLIT_FILES}
+        splits = {split: read_conll(path) for split, path in files.items()}
+        source = str(folder.resolve())
+    else:
+        splits, files, source = _load_hub_dataset(dataset, data_dir)
+    if scheme == "auto":
+        scheme = detect_scheme([s.tags for s in splits["train"]])
+    for sentences in splits.values():
+        for sentence in sentences:
+            sentence.tags = to_iob2(sentence.tags, scheme)
+    labels = label_set(splits["train"])
+    for split in ("valid", "test"):
+        check_known_tags(splits[split], labels, str(files[split]))
+    return Dataset(dataset, source, labels, splits, {k: str(v) for k, v in files.items()})
+
+
+def label_set(sentences: list[Sentence]) -> list[str]:
+    """O first, then entity tags grouped by type, B before I."""
+    tags = {tag for sentence in sentences for tag in sentence.tags} | {"O"}
+    return sorted(tags, key=lambda t: (t != "O", t[2:], t[0]))
+
+
+def check_known_tags(sentences: list[Sentence], labels: list[str], filename: str) -> None:
+    known = set(labels)
+    for sentence in sentences:
+        for tag, line in zip(sentence.tags, sentence.lines or [0] * len(sentence.tags)):
+            if tag not in known:
+                raise DataError(f"{filename}:{line}: tag {tag!r} does not occur in train")
+
+
+def _load_hub_dataset(name: str, data_dir: str | None):
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise DataError(f"dataset {name!r} is no folder and `datasets` is not installed") from None
+    try:
+        hub = datasets.load_dataset(name)
+    except Exception as error:  # the hub raises many kinds; all mean "not available"
+        where = data_dir or os.environ.get(DATA_DIR_ENV) or "(no data dir set)"
+        raise DataError(
+            f"dataset {name!r} is neither a folder nor under the data dir {where}, "
+            f"and the Hugging Face hub could not provide it: {str(error).splitlines()[0]}"
+        ) from None
+    split_names = {"train": "train", "valid": "validation", "test": "test"}
+    splits, files = {}, {}
+    for split, hub_split in split_names.items():
+        if hub_split not in hub:
+            raise DataError(f"hub dataset {name!r} has no {hub_split!r} split")
+        part = hub[hub_split]
+        names = part.features["ner_tags"].feature.names
+        splits[split] = [
+            Sentence(list(row["tokens"]), [names[i] for i in row["ner_tags"]])
+            for row in part
+            if row["tokens"]
+        ]
+        files[split] = f"hf://{name}/{hub_split}"
+    return splits, files, f"hf://{name}"

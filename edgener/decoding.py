@@ -1,0 +1,51 @@
+"""Constrained decoding: the most probable tag sequence that is valid IOB2.
+
+Argmax over word logits can emit I-X after O or after another type; Viterbi over the
+allowed transitions cannot, and usually scores slightly higher entity F1 as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from edgener.tags import split_tag
+
+
+@lru_cache(maxsize=8)
+def _transition_mask(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(start penalty [L], transition penalty [L, L]): 0 where allowed, -inf where not."""
+    parts = [split_tag(label) for label in labels]
+    start = np.array([0.0 if prefix != "I" else -np.inf for prefix, _ in parts])
+    transition = np.zeros((len(labels), len(labels)))
+    for j, (prefix, kind) in enumerate(parts):
+        if prefix == "I":
+            for i, (_, previous_kind) in enumerate(parts):
+                if previous_kind != kind:
+                    transition[i, j] = -np.inf
+    return start, transition
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """Tags for one sentence's word logits [words, labels], never an invalid IOB2 sequence."""
+    if len(logits) == 0:
+        return []
+    start, transition = _transition_mask(tuple(labels))
+    scores = log_softmax(logits.astype(np.float64))
+    best = scores[0] + start
+    backpointers = np.zeros(scores.shape, dtype=np.int64)
+    for t in range(1, len(scores)):
+        candidates = best[:, None] + transition
+        backpointers[t] = candidates.argmax(axis=0)
+        best = candidates.max(axis=0) + scores[t]
+    path = [int(best.argmax())]
+    for t in range(len(scores) - 1, 0, -1):
+        path.append(int(backpointers[t, path[-1]]))
+    return [labels[i] for i in reversed(path)]

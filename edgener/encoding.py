@@ -1,0 +1,218 @@
+"""Words to model inputs: subword alignment, casing features, overlapping windows, batches.
+
+The first subword of each word carries the word's label. A sentence longer than the
+model's window is split into overlapping windows; every word is *owned* by exactly one
+window (the one where it sits furthest from an edge), so prediction gives one tag a word
+and no word is ever truncated away.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+# Casing classes, fed to the model as token_type_ids when the backbone is uncased.
+CASE_CLASSES = ("other", "lower", "title", "upper", "mixed")
+
+
+def case_class(word: str) -> int:
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        return 0
+    if all(c.islower() for c in letters):
+        return 1
+    if all(c.isupper() for c in letters):
+        return 3 if len(letters) > 1 else 2
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return 2
+    return 4
+
+
+@dataclass
+class Window:
+    """One model input: a run of words from one sentence, with [CLS]/[SEP] around it."""
+
+    sentence: int
+    input_ids: list[int]
+    token_type_ids: list[int]
+    labels: list[int]  # label id at each word's first subword, IGNORE_INDEX elsewhere
+    owned_words: list[int]  # sentence word index at owned first subwords, -1 elsewhere
+
+
+@dataclass
+class WindowSpec:
+    start: int  # first word in the window
+    end: int  # one past the last word
+    own_start: int  # words in [own_start, own_end) take their prediction from this window
+    own_end: int
+
+
+def plan_windows(word_lengths: Sequence[int], max_tokens: int, overlap: int) -> list[WindowSpec]:
+    """Cover words with windows of at most max_tokens subwords, neighbours sharing ~overlap.
+
+    A single word longer than max_tokens gets a window of its own (its first subword,
+    which carries its label, is always kept).
+    """
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    n = len(word_lengths)
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        end, used = start, 0
+        while end < n and (end == start or used + word_lengths[end] <= max_tokens):
+            used += word_lengths[end]
+            end += 1
+        spans.append((start, end))
+        if end == n:
+            break
+        # Step back from `end` while the shared part stays within `overlap` tokens.
+        next_start, shared = end, 0
+        while next_start - 1 > start and shared + word_lengths[next_start - 1] <= overlap:
+            next_start -= 1
+            shared += word_lengths[next_start]
+        start = next_start
+    specs = []
+    for i, (s, e) in enumerate(spans):
+        own_start = 0 if i == 0 else specs[-1].own_end
+        own_end = n if i == len(spans) - 1 else (spans[i + 1][0] + e + 1) // 2
+        specs.append(WindowSpec(s, e, own_start, max(own_end, own_start)))
+    return specs
+
+
+class Encoder:
+    """Turns word sequences into windows for one tokenizer and label set."""
+
+    def __init__(
+        self,
+        tokenizer,
+        labels: Sequence[str],
+        max_length: int,
+        overlap: int,
+        case_features: bool,
+    ):
+        self.tokenizer = tokenizer
+        self.label_ids = {label: i for i, label in enumerate(labels)}
+        self.max_tokens = max_length - 2  # room for [CLS] and [SEP]
+        self.overlap = overlap
+        self.case_features = case_features
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.unk_id = tokenizer.unk_token_id
+
+    def subwords(self, words: Sequence[str]) -> list[list[int]]:
+        """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK]."""
+        if not words:
+            return []
+        encoded = self.tokenizer(list(words), add_special_tokens=False)["input_ids"]
+        return [ids if ids else [self.unk_id] for ids in encoded]
+
+    def encode(
+        self, sentence_index: int, words: Sequence[str], tags: Sequence[str] | None = None
+    ) -> list[Window]:
+        pieces = self.subwords(words)
+        cases = [case_class(w) for w in words] if self.case_features else [0] * len(words)
+        windows = []
+        for spec in plan_windows([len(p) for p in pieces], self.max_tokens, self.overlap):
+            input_ids, types, labels, owned = [self.cls_id], [0], [IGNORE_INDEX], [-1]
+            for w in range(spec.start, spec.end):
+                ids = pieces[w][: self.max_tokens]
+                input_ids += ids
+                types += [cases[w]] * len(ids)
+                label = self.label_ids[tags[w]] if tags is not None else IGNORE_INDEX
+                labels += [label] + [IGNORE_INDEX] * (len(ids) - 1)
+                is_owned = spec.own_start <= w < spec.own_end
+                owned += [w if is_owned else -1] + [-1] * (len(ids) - 1)
+            input_ids.append(self.sep_id)
+            types.append(0)
+            labels.append(IGNORE_INDEX)
+            owned.append(-1)
+            windows.append(Window(sentence_index, input_ids, types, labels, owned))
+        return windows
+
+    def encode_all(
+        self, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str]] | None = None
+    ) -> list[Window]:
+        windows = []
+        for i, words in enumerate(sentences):
+            windows += self.encode(i, words, tags[i] if tags is not None else None)
+        return windows
+
+
+def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch of windows to its longest member (dynamic padding)."""
+    width = max(len(w.input_ids) for w in windows)
+
+    def padded(rows, value):
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    return {
+        "input_ids": padded([w.input_ids for w in windows], pad_id),
+        "attention_mask": padded([[1] * len(w.input_ids) for w in windows], 0),
+        "token_type_ids": padded([w.token_type_ids for w in windows], 0),
+        "labels": padded([w.labels for w in windows], IGNORE_INDEX),
+    }
+
+
+def train_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+) -> list[list[int]]:
+    """One epoch's batches of indices, the same for the same (seed, epoch) on every run.
+
+    With length grouping, indices are shuffled, cut into pools of 50 batches, sorted by
+    length within each pool, batched, and the batches shuffled: little padding, yet a
+    different mix every epoch.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        pool = batch_size * 50
+        order = [
+            i
+            for p in range(0, len(order), pool)
+            for i in sorted(order[p : p + pool], key=lambda i: -lengths[i])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of similar-length inputs, longest first, for fast inference."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def gather_word_logits(
+    windows: Sequence[Window],
+    window_logits: Iterator[tuple[int, np.ndarray]],
+    sentence_lengths: Sequence[int],
+) -> list[np.ndarray]:
+    """Collect each word's logits from the window that owns it.
+
+    window_logits yields (window index, logits of shape [tokens, labels]).
+    """
+    out: list[np.ndarray | None] = [None] * len(sentence_lengths)
+    for index, logits in window_logits:
+        window = windows[index]
+        sentence = window.sentence
+        if out[sentence] is None:
+            out[sentence] = np.zeros((sentence_lengths[sentence], logits.shape[-1]), np.float32)
+        owned = np.asarray(window.owned_words)
+        positions = np.nonzero(owned >= 0)[0]
+        out[sentence][owned[positions]] = logits[positions]
+    return [
+        o if o is not None else np.zeros((0, 0), np.float32) for o in out
+    ]

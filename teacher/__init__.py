@@ -1,0 +1,1 @@
+"""Teacher stage: fine-tune a BERT-architecture encoder for NER."""
