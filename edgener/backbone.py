@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+import transformers
 
 from edgener.artifacts import ArtifactError
 from edgener.backbone import BackboneError
@@ -13,7 +16,17 @@ from edgener.training import console
 EXPECTED_ERRORS = (ArtifactError, BackboneError, ConfigError, DataError, FileNotFoundError)
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for the stage's own progress: no load reports or optional-kernel
+    warnings (torchao, pulled in by transformers, warns about CUDA kernels on a CPU box)."""
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run_cli(main: Callable[[], int]) -> int:
+    quiet_libraries()
     try:
         return main()
     except EXPECTED_ERRORS as error:

@@ -141,15 +141,17 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
 
 
 def label_set(sentences: list[Sentence]) -> list[str]:
-    """O first, then entity tags grouped by type, B before I."""
-    tags = {tag for sentence in sentences for tag in sentence.tags} | {"O"}
-    return sorted(tags, key=lambda t: (t != "O", t[2:], t[0]))
+    """O, then B- and I- of every entity type in train (I-X even where train has only
+    one-word X entities: a longer X elsewhere is no error), grouped by type."""
+    types = sorted({tag[2:] for sentence in sentences for tag in sentence.tags if tag != "O"})
+    return ["O", *(f"{prefix}-{kind}" for kind in types for prefix in "BI")]
 
 
 def check_known_tags(sentences: list[Sentence], labels: list[str], filename: str) -> None:
     known = set(labels)
     for sentence in sentences:
-        for tag, line in zip(sentence.tags, sentence.lines or [0] * len(sentence.tags)):
+        lines = sentence.lines or [0] * len(sentence.tags)
+        for tag, line in zip(sentence.tags, lines, strict=True):
             if tag not in known:
                 raise DataError(f"{filename}:{line}: tag {tag!r} does not occur in train")
 
@@ -163,9 +165,10 @@ def _load_hub_dataset(name: str, data_dir: str | None):
         hub = datasets.load_dataset(name)
     except Exception as error:  # the hub raises many kinds; all mean "not available"
         where = data_dir or os.environ.get(DATA_DIR_ENV) or "(no data dir set)"
+        detail = (str(error).splitlines() or [type(error).__name__])[0]  # str() may be ""
         raise DataError(
             f"dataset {name!r} is neither a folder nor under the data dir {where}, "
-            f"and the Hugging Face hub could not provide it: {str(error).splitlines()[0]}"
+            f"and the Hugging Face hub could not provide it: {detail}"
         ) from None
     split_names = {"train": "train", "valid": "validation", "test": "test"}
     splits, files = {}, {}

@@ -28,7 +28,7 @@ def entity_scores(
     gold_count: Counter[str] = Counter()
     pred_count: Counter[str] = Counter()
     correct_count: Counter[str] = Counter()
-    for index, (gold_tags, pred_tags) in enumerate(zip(gold, predicted)):
+    for index, (gold_tags, pred_tags) in enumerate(zip(gold, predicted, strict=True)):
         if len(gold_tags) != len(pred_tags):
             raise ValueError(
                 f"sentence {index}: {len(gold_tags)} gold tags but {len(pred_tags)} predicted"

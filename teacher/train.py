@@ -89,10 +89,11 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     config_id = fingerprint(as_dict(config))
     log(f"[bold]teacher[/]: preset [cyan]{preset}[/] ({reason}); model {config.model}")
 
-    if not fresh and (out_dir / MANIFEST).is_file():
-        if read_json(out_dir / MANIFEST).get("config_fingerprint") == config_id:
-            log(f"{out_dir} is up to date with this config; pass --fresh to retrain")
-            return 0
+    manifest_path = out_dir / MANIFEST
+    if not fresh and manifest_path.is_file() and \
+            read_json(manifest_path).get("config_fingerprint") == config_id:
+        log(f"{out_dir} is up to date with this config; pass --fresh to retrain")
+        return 0
 
     # Data and model
     dataset = load_dataset(config.dataset, config.data_dir, config.tag_scheme)
@@ -280,7 +281,8 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
     for name in [*types, "overall"]:
         cells = []
         for split in ("valid", "test"):
-            row = metrics[split] if name == "overall" else metrics[split]["per_type"].get(name, empty)
+            scores = metrics[split]
+            row = scores if name == "overall" else scores["per_type"].get(name, empty)
             cells += [f"{100 * row[k]:.2f}" for k in ("precision", "recall", "f1")]
         support = (metrics["test"] if name == "overall"
                    else metrics["test"]["per_type"].get(name, empty))["support"]

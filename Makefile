@@ -1,0 +1,36 @@
+# edge-ner: make all | make test | make teacher   (QUICK=1 for a 10-minute slice)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(or $(EDGE_NER_DATA_DIR),../shared/data)
+DATASET ?= conll2003
+PRESET ?=
+QUICK ?=
+RUN ?= $(DATASET)$(if $(QUICK),-quick,)
+
+STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
+	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
+
+.PHONY: all install teacher test lint clean
+
+all: teacher
+
+# The stamp is rebuilt when pyproject.toml changes, so a new dependency installs itself.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+teacher: install
+	$(PY) -m teacher $(STAGE_ARGS)
+
+test: install
+	EDGE_NER_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs/$(RUN)
