@@ -11,7 +11,7 @@ from edgener.artifacts import ArtifactError
 from edgener.backbone import BackboneError
 from edgener.config import ConfigError
 from edgener.data import DataError
-from edgener.training import console
+from edgener.training import TrainingInterrupted, console
 
 EXPECTED_ERRORS = (ArtifactError, BackboneError, ConfigError, DataError, FileNotFoundError)
 
@@ -32,3 +32,6 @@ def run_cli(main: Callable[[], int]) -> int:
     except EXPECTED_ERRORS as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
+    except TrainingInterrupted as interrupted:
+        console.print(f"\n[yellow]interrupted[/]: {interrupted}", highlight=False, soft_wrap=True)
+        return 130

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,13 @@ from rich.progress import (
 )
 
 from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder, collate, eval_batches, gather_word_logits
+from edgener.encoding import (
+    Encoder,
+    collate,
+    eval_batches,
+    gather_word_logits,
+    train_batches,
+)
 from edgener.metrics import entity_scores
 
 console = Console()
@@ -187,3 +195,176 @@ def evaluate(
     word_logits = predict_word_logits(model, encoder, words, batch_size, device)
     predicted = [constrained_decode(logits, labels) for logits in word_logits]
     return entity_scores(gold_tags, predicted)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and housekeeping settings every training recipe shares."""
+
+    epochs: int = 3
+    batch_size: int = 32  # global: split across torchrun processes
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    seed: int = 42
+    eval_batch_size: int = 64
+    checkpoint_every: int = 200  # optimiser steps between resumable checkpoints
+    threads: int | None = None  # torch threads per process; None: cores / processes
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; the checkpoint to resume from is saved."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int  # 1-based
+    best_valid_f1: float
+    steps: int
+    wall_time_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def fit(
+    step: torch.nn.Module,
+    product: torch.nn.Module,
+    lengths: Sequence[int],
+    validate: Callable[[], float],
+    settings: TrainSettings,
+    work_dir: Path,
+    config_id: str,
+    processes: Processes,
+    fresh: bool = False,
+) -> FitResult:
+    """Train `step` (forward: list of example indices -> loss) for settings.epochs.
+
+    `product` is the model being made (inside `step`, beside anything else trained, such
+    as distillation projections). After each epoch the main process scores it with
+    `validate` and keeps the best weights; on return `product` holds them. Checkpoints in
+    work_dir let the same call resume after Ctrl-C or a kill, provided config_id matches.
+    """
+    log = console.print if processes.is_main else (lambda *a, **k: None)
+    steps_per_epoch = -(-len(lengths) // settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    trained = step
+    if processes.distributed:
+        device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
+    optimizer = adamw(step, settings.lr, settings.weight_decay)
+    scheduler = linear_warmup_decay(
+        optimizer, int(settings.warmup_ratio * total_steps), total_steps
+    )
+    amp_dtype = autocast_dtype(settings.precision, processes.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    checkpoint_path, best_path = work_dir / "checkpoint.pt", work_dir / "best.pt"
+    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "history": [],
+             "elapsed": 0.0}
+    if fresh and processes.is_main:
+        checkpoint_path.unlink(missing_ok=True)
+    processes.barrier()
+    if checkpoint_path.is_file():
+        saved = load_checkpoint(checkpoint_path)
+        if saved["config_fingerprint"] != config_id:
+            log(f"[yellow]{checkpoint_path} was made with another config; starting over "
+                "(it is replaced at the first checkpoint)")
+        else:
+            step.load_state_dict(saved["step"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            restore_rng_state(saved["rng"][processes.rank])
+            state = saved["state"]
+            log(f"[green]resuming[/] from epoch {state['epoch'] + 1}, step {state['step']} "
+                f"of {steps_per_epoch} ({checkpoint_path})")
+
+    started = time.time()
+
+    def checkpoint() -> None:
+        rngs = [rng_state()]
+        if processes.distributed:
+            rngs = [None] * processes.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if processes.is_main:
+            save_checkpoint(checkpoint_path, {
+                "config_fingerprint": config_id, "step": step.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs,
+                "state": {**state, "elapsed": state["elapsed"] + time.time() - started},
+            })
+
+    last_loss = float("nan")
+    progress = training_progress() if processes.is_main else contextlib.nullcontext()
+    step.train()
+    try:
+        with progress:
+            while state["epoch"] < settings.epochs:
+                epoch = state["epoch"]
+                batches = train_batches(lengths, settings.batch_size, settings.seed, epoch,
+                                        settings.group_by_length)
+                task = progress.add_task(
+                    f"epoch {epoch + 1}/{settings.epochs}", total=len(batches),
+                    completed=state["step"], loss=0.0, rate=0.0,
+                ) if processes.is_main else None
+                epoch_start, epoch_start_step = time.time(), state["step"]
+                for index in range(state["step"], len(batches)):
+                    shard = batches[index][processes.rank :: processes.world_size]
+                    with torch.autocast(processes.device.type, dtype=amp_dtype,
+                                        enabled=amp_dtype is not None):
+                        loss = trained(shard)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(step.parameters(), settings.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    state["step"] = index + 1
+                    last_loss = loss.item()
+                    if task is not None:
+                        rate = (index + 1 - epoch_start_step) / (time.time() - epoch_start)
+                        progress.update(task, advance=1, loss=last_loss, rate=rate)
+                    if state["step"] % settings.checkpoint_every == 0:
+                        checkpoint()
+
+                # End of epoch: score on valid, keep the best weights.
+                if processes.is_main:
+                    f1 = validate()
+                    step.train()
+                    improved = f1 > state["best_f1"]
+                    if improved:
+                        state["best_f1"], state["best_epoch"] = f1, epoch
+                        save_checkpoint(best_path, product.state_dict())
+                    state["history"].append({"epoch": epoch + 1, "valid_f1": f1,
+                                             "loss": last_loss})
+                    log(f"epoch {epoch + 1}: valid F1 {f1:.4f}"
+                        + (" [green](best so far)[/]" if improved else ""))
+                processes.barrier()
+                state["epoch"], state["step"] = epoch + 1, 0
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise TrainingInterrupted(
+            f"progress saved to {checkpoint_path}; run the same command again to resume"
+        ) from None
+
+    if processes.is_main:
+        product.load_state_dict(load_checkpoint(best_path))
+    return FitResult(
+        best_epoch=state["best_epoch"] + 1,
+        best_valid_f1=state["best_f1"],
+        steps=total_steps,
+        wall_time_s=round(state["elapsed"] + time.time() - started, 1),
+        history=state["history"],
+    )

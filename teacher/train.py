@@ -8,9 +8,7 @@ epoch on valid, score it on test, publish runs/<run>/teacher.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,21 +26,16 @@ from edgener.artifacts import (
 from edgener.backbone import build_token_classifier, load_tokenizer, resolve_model_source
 from edgener.config import as_dict, load_config, parse_overrides, preset_path
 from edgener.data import load_dataset
-from edgener.encoding import Encoder, collate, train_batches
+from edgener.encoding import Encoder, Window, collate
 from edgener.training import (
+    FitResult,
     Processes,
-    adamw,
     close_processes,
     console,
     evaluate,
+    fit,
     init_processes,
-    linear_warmup_decay,
-    load_checkpoint,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
     set_seed,
-    training_progress,
 )
 from teacher.config import TeacherConfig
 
@@ -53,14 +46,6 @@ def choose_preset(requested: str | None) -> tuple[str, str]:
     if torch.cuda.is_available():
         return "bert-base", f"CUDA is available ({torch.cuda.get_device_name(0)})"
     return "minilm", "no CUDA device, so the offline CPU preset"
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +70,7 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
           fresh: bool) -> int:
     log = console.print if processes.is_main else (lambda *a, **k: None)
     run_dir = Path(config.runs_dir) / config.run
-    out_dir, work_dir = run_dir / "teacher", run_dir / ".teacher-work"
+    out_dir = run_dir / "teacher"
     config_id = fingerprint(as_dict(config))
     log(f"[bold]teacher[/]: preset [cyan]{preset}[/] ({reason}); model {config.model}")
 
@@ -111,126 +96,36 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     encoder = Encoder(tokenizer, labels, config.max_length, config.window_overlap,
                       config.case_features)
     windows = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
-    lengths = [len(w.input_ids) for w in windows]
-    steps_per_epoch = -(-len(windows) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    step = TokenClassifierStep(model, windows, tokenizer.pad_token_id, processes.device)
 
-    trained = model
-    if processes.distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[processes.device.index] if processes.device.type == "cuda" else None
-        )
-    optimizer = adamw(model, config.lr, config.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    amp_dtype = autocast_dtype(config.precision, processes.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    def validate() -> float:
+        return evaluate(model, encoder, [s.words for s in valid_set], [s.tags for s in valid_set],
+                        labels, config.eval_batch_size, processes.device)["f1"]
 
-    # Resume from the last checkpoint when it was made with this same config.
-    checkpoint_path, best_path = work_dir / "checkpoint.pt", work_dir / "best.pt"
-    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "history": [],
-             "elapsed": 0.0}
-    if fresh and processes.is_main:
-        checkpoint_path.unlink(missing_ok=True)
-    processes.barrier()
-    if checkpoint_path.is_file():
-        saved = load_checkpoint(checkpoint_path)
-        if saved["config_fingerprint"] != config_id:
-            log(f"[yellow]{checkpoint_path} was made with another config; starting over "
-                f"(it is replaced at the first checkpoint)")
-        else:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            restore_rng_state(saved["rng"][processes.rank])
-            state = saved["state"]
-            log(f"[green]resuming[/] from epoch {state['epoch'] + 1}, step {state['step']} "
-                f"of {steps_per_epoch} ({checkpoint_path})")
-
-    def checkpoint() -> None:
-        rngs = [None] * processes.world_size
-        if processes.distributed:
-            torch.distributed.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        if processes.is_main:
-            save_checkpoint(checkpoint_path, {
-                "config_fingerprint": config_id, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rngs,
-                "state": {**state, "elapsed": state["elapsed"] + time.time() - started},
-            })
-
-    started = time.time()
-    last_loss = float("nan")
-    progress = training_progress() if processes.is_main else contextlib.nullcontext()
-    model.train()
-    try:
-        with progress:
-            while state["epoch"] < config.epochs:
-                epoch = state["epoch"]
-                batches = train_batches(lengths, config.batch_size, config.seed, epoch,
-                                        config.group_by_length)
-                task = progress.add_task(
-                    f"epoch {epoch + 1}/{config.epochs}", total=len(batches),
-                    completed=state["step"], loss=0.0, rate=0.0,
-                ) if processes.is_main else None
-                epoch_start, epoch_start_step = time.time(), state["step"]
-                for step in range(state["step"], len(batches)):
-                    shard = batches[step][processes.rank :: processes.world_size]
-                    batch = collate([windows[i] for i in shard], tokenizer.pad_token_id)
-                    batch = {k: v.to(processes.device) for k, v in batch.items()}
-                    with torch.autocast(processes.device.type, dtype=amp_dtype,
-                                        enabled=amp_dtype is not None):
-                        loss = trained(**batch).loss
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    state["step"] = step + 1
-                    last_loss = loss.item()
-                    if task is not None:
-                        rate = (step + 1 - epoch_start_step) / (time.time() - epoch_start)
-                        progress.update(task, advance=1, loss=last_loss, rate=rate)
-                    if state["step"] % config.checkpoint_every == 0:
-                        checkpoint()
-
-                # End of epoch: score on valid, keep the best weights.
-                if processes.is_main:
-                    scores = evaluate(model, encoder, [s.words for s in valid_set],
-                                      [s.tags for s in valid_set], labels,
-                                      config.eval_batch_size, processes.device)
-                    improved = scores["f1"] > state["best_f1"]
-                    if improved:
-                        state["best_f1"], state["best_epoch"] = scores["f1"], epoch
-                        save_checkpoint(best_path, model.state_dict())
-                    state["history"].append({"epoch": epoch + 1, "valid_f1": scores["f1"],
-                                             "loss": last_loss})
-                    log(f"epoch {epoch + 1}: valid F1 {scores['f1']:.4f}"
-                        + (" [green](best so far)[/]" if improved else ""))
-                processes.barrier()
-                state["epoch"], state["step"] = epoch + 1, 0
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        log(f"\n[yellow]interrupted[/]: progress saved to {checkpoint_path}; "
-            "run the same command again to resume")
-        return 130
-
+    result = fit(step, model, [len(w.input_ids) for w in windows], validate, config,
+                 run_dir / ".teacher-work", config_id, processes, fresh)
     if processes.is_main:
-        model.load_state_dict(load_checkpoint(best_path))
-        wall_time = state["elapsed"] + time.time() - started
         publish(config, config_id, preset, model, tokenizer, encoder, labels, dataset,
-                valid_set, test_set, state, wall_time, total_steps, processes, out_dir)
+                valid_set, test_set, result, processes, out_dir)
     processes.barrier()
     return 0
 
 
+class TokenClassifierStep(torch.nn.Module):
+    """One training step's loss: cross-entropy on each word's first subword."""
+
+    def __init__(self, model: torch.nn.Module, windows: list[Window], pad_id: int,
+                 device: torch.device):
+        super().__init__()
+        self.model, self.windows, self.pad_id, self.device = model, windows, pad_id, device
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        batch = collate([self.windows[i] for i in indices], self.pad_id)
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+
 def publish(config, config_id, preset, model, tokenizer, encoder, labels, dataset,
-            valid_set, test_set, state, wall_time, total_steps, processes, out_dir) -> None:
+            valid_set, test_set, result: FitResult, processes, out_dir) -> None:
     """Score the best weights on valid and test, and write the teacher folder atomically."""
     metrics = {}
     for name, sentences in (("valid", valid_set), ("test", test_set)):
@@ -238,8 +133,8 @@ def publish(config, config_id, preset, model, tokenizer, encoder, labels, datase
                                  [s.tags for s in sentences], labels,
                                  config.eval_batch_size, processes.device)
     metrics.update(
-        wall_time_s=round(wall_time, 1), steps=total_steps, epochs=config.epochs,
-        best_epoch=state["best_epoch"] + 1, seed=config.seed, history=state["history"],
+        wall_time_s=result.wall_time_s, steps=result.steps, epochs=config.epochs,
+        best_epoch=result.best_epoch, seed=config.seed, history=result.history,
         params=sum(p.numel() for p in model.parameters()),
         processes=processes.world_size,
     )
