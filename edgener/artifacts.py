@@ -109,6 +109,34 @@ def make_manifest(stage: str, **fields) -> dict:
     }
 
 
+def describe_model(model) -> dict:
+    """Shape facts of a Hugging Face model, for manifests and tables."""
+    config = model.config
+    return {
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def publish_model(out_dir: str | Path, model, tokenizer, labels: list[str], config: dict,
+                  metrics: dict, manifest: dict) -> None:
+    """Write a model folder (Hugging Face weights and tokenizer, labels, resolved config,
+    metrics, manifest) in one atomic step."""
+    import yaml
+
+    with publish_dir(out_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / "labels.json", labels)
+        (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_json_atomic(staging / "metrics.json", metrics)
+        write_json_atomic(staging / MANIFEST, manifest)
+
+
 def read_manifest(folder: str | Path, stage: str, make_hint: str) -> dict:
     """The manifest of a published stage folder, or an ArtifactError saying how to make it."""
     folder = Path(folder)

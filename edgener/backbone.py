@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-from edgener.encoding import CASE_CLASSES
+from edgener.artifacts import read_json, read_manifest
+from edgener.encoding import CASE_CLASSES, Encoder
 
 PACKAGE_PREFIX = "package:"
 
@@ -86,3 +88,15 @@ def widen_type_embeddings(model: torch.nn.Module, rows: int) -> None:
         new.weight.copy_(old.weight[0].expand(rows, -1))
     owner.token_type_embeddings = new
     model.config.type_vocab_size = rows
+
+
+def load_stage_model(folder: str | Path, stage: str, make_hint: str):
+    """A published model folder: (model, tokenizer, labels, manifest, encoder), or an
+    ArtifactError that says which command makes it."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, stage, make_hint)
+    tokenizer = load_tokenizer(str(folder))
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    labels = read_json(folder / "labels.json")
+    encoder = Encoder(tokenizer, labels, **manifest["encoding"])
+    return model, tokenizer, labels, manifest, encoder

@@ -94,17 +94,23 @@ class Encoder:
         tokenizer,
         labels: Sequence[str],
         max_length: int,
-        overlap: int,
+        window_overlap: int,
         case_features: bool,
     ):
         self.tokenizer = tokenizer
         self.label_ids = {label: i for i, label in enumerate(labels)}
+        self.max_length = max_length
         self.max_tokens = max_length - 2  # room for [CLS] and [SEP]
-        self.overlap = overlap
+        self.window_overlap = window_overlap
         self.case_features = case_features
         self.cls_id = tokenizer.cls_token_id
         self.sep_id = tokenizer.sep_token_id
         self.unk_id = tokenizer.unk_token_id
+
+    def settings(self) -> dict:
+        """What a manifest records, so that a later stage rebuilds the same encoder."""
+        return {"max_length": self.max_length, "window_overlap": self.window_overlap,
+                "case_features": self.case_features}
 
     def subwords(self, words: Sequence[str]) -> list[list[int]]:
         """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK]."""
@@ -119,7 +125,7 @@ class Encoder:
         pieces = self.subwords(words)
         cases = [case_class(w) for w in words] if self.case_features else [0] * len(words)
         windows = []
-        for spec in plan_windows([len(p) for p in pieces], self.max_tokens, self.overlap):
+        for spec in plan_windows([len(p) for p in pieces], self.max_tokens, self.window_overlap):
             input_ids, types, labels, owned = [self.cls_id], [0], [IGNORE_INDEX], [-1]
             for w in range(spec.start, spec.end):
                 ids = pieces[w][: self.max_tokens]

@@ -25,6 +25,7 @@ from rich.progress import (
 from edgener.decoding import constrained_decode
 from edgener.encoding import (
     Encoder,
+    Window,
     collate,
     eval_batches,
     gather_word_logits,
@@ -195,6 +196,16 @@ def evaluate(
     word_logits = predict_word_logits(model, encoder, words, batch_size, device)
     predicted = [constrained_decode(logits, labels) for logits in word_logits]
     return entity_scores(gold_tags, predicted)
+
+
+def score_splits(model: torch.nn.Module, encoder: Encoder, splits: dict, labels: Sequence[str],
+                 batch_size: int, device: torch.device) -> dict[str, dict]:
+    """evaluate() on each named list of Sentences."""
+    return {
+        name: evaluate(model, encoder, [s.words for s in sentences], [s.tags for s in sentences],
+                       labels, batch_size, device)
+        for name, sentences in splits.items()
+    }
 
 
 @dataclass
@@ -368,3 +379,16 @@ def fit(
         wall_time_s=round(state["elapsed"] + time.time() - started, 1),
         history=state["history"],
     )
+
+
+class TokenClassifierStep(torch.nn.Module):
+    """One training step's loss: cross-entropy on each word's first subword."""
+
+    def __init__(self, model: torch.nn.Module, windows: list[Window], pad_id: int,
+                 device: torch.device):
+        super().__init__()
+        self.model, self.windows, self.pad_id, self.device = model, windows, pad_id, device
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        batch = collate([self.windows[i] for i in indices], self.pad_id)
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss

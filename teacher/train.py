@@ -12,29 +12,30 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from rich.table import Table
 
 from edgener.artifacts import (
     MANIFEST,
+    describe_model,
     fingerprint,
     make_manifest,
-    publish_dir,
+    publish_model,
     read_json,
-    write_json_atomic,
 )
 from edgener.backbone import build_token_classifier, load_tokenizer, resolve_model_source
 from edgener.config import as_dict, load_config, parse_overrides, preset_path
 from edgener.data import load_dataset
-from edgener.encoding import Encoder, Window, collate
+from edgener.encoding import Encoder
 from edgener.training import (
     FitResult,
     Processes,
+    TokenClassifierStep,
     close_processes,
     console,
     evaluate,
     fit,
     init_processes,
+    score_splits,
     set_seed,
 )
 from teacher.config import TeacherConfig
@@ -111,56 +112,31 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     return 0
 
 
-class TokenClassifierStep(torch.nn.Module):
-    """One training step's loss: cross-entropy on each word's first subword."""
-
-    def __init__(self, model: torch.nn.Module, windows: list[Window], pad_id: int,
-                 device: torch.device):
-        super().__init__()
-        self.model, self.windows, self.pad_id, self.device = model, windows, pad_id, device
-
-    def forward(self, indices: list[int]) -> torch.Tensor:
-        batch = collate([self.windows[i] for i in indices], self.pad_id)
-        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
-
-
 def publish(config, config_id, preset, model, tokenizer, encoder, labels, dataset,
             valid_set, test_set, result: FitResult, processes, out_dir) -> None:
     """Score the best weights on valid and test, and write the teacher folder atomically."""
-    metrics = {}
-    for name, sentences in (("valid", valid_set), ("test", test_set)):
-        metrics[name] = evaluate(model, encoder, [s.words for s in sentences],
-                                 [s.tags for s in sentences], labels,
-                                 config.eval_batch_size, processes.device)
-    metrics.update(
-        wall_time_s=result.wall_time_s, steps=result.steps, epochs=config.epochs,
-        best_epoch=result.best_epoch, seed=config.seed, history=result.history,
-        params=sum(p.numel() for p in model.parameters()),
-        processes=processes.world_size,
+    shape = describe_model(model)
+    metrics = {
+        **score_splits(model, encoder, {"valid": valid_set, "test": test_set}, labels,
+                       config.eval_batch_size, processes.device),
+        "wall_time_s": result.wall_time_s, "steps": result.steps, "epochs": config.epochs,
+        "best_epoch": result.best_epoch, "seed": config.seed, "history": result.history,
+        "params": shape["params"], "processes": processes.world_size,
+    }
+    manifest = make_manifest(
+        "teacher",
+        preset=preset,
+        config_fingerprint=config_id,
+        model_source=config.model,
+        **shape,
+        labels=labels,
+        encoding=encoder.settings(),
+        dataset={"name": dataset.name, "source": dataset.source, "files": dataset.files,
+                 "train_sentences": config.train_limit, "eval_sentences": config.eval_limit},
+        valid_f1=metrics["valid"]["f1"],
+        test_f1=metrics["test"]["f1"],
     )
-    with publish_dir(out_dir) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / "labels.json", labels)
-        (staging / "config.yaml").write_text(yaml.safe_dump(as_dict(config), sort_keys=False))
-        write_json_atomic(staging / "metrics.json", metrics)
-        write_json_atomic(staging / MANIFEST, make_manifest(
-            "teacher",
-            preset=preset,
-            config_fingerprint=config_id,
-            model_source=config.model,
-            architecture=model.config.architectures[0] if model.config.architectures else None,
-            layers=model.config.num_hidden_layers,
-            hidden_size=model.config.hidden_size,
-            params=metrics["params"],
-            labels=labels,
-            encoding={"max_length": config.max_length, "window_overlap": config.window_overlap,
-                      "case_features": config.case_features},
-            dataset={"name": dataset.name, "source": dataset.source, "files": dataset.files,
-                     "train_sentences": config.train_limit, "eval_sentences": config.eval_limit},
-            valid_f1=metrics["valid"]["f1"],
-            test_f1=metrics["test"]["f1"],
-        ))
+    publish_model(out_dir, model, tokenizer, labels, as_dict(config), metrics, manifest)
     print_summary(metrics, out_dir)
 
 

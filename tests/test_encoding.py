@@ -81,7 +81,7 @@ def test_case_class(word, expected):
 
 
 def test_first_subword_carries_the_label(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, overlap=8, case_features=True)
+    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
     words = ["Tendulkar", "visits", "Paris"]
     (window,) = encoder.encode(0, words, ["B-PER", "O", "B-LOC"])
     pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
@@ -96,13 +96,13 @@ def test_first_subword_carries_the_label(tokenizer):
 
 
 def test_case_features_off_gives_zero_types(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, overlap=8, case_features=False)
+    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
     (window,) = encoder.encode(0, ["Paris", "EU"])
     assert set(window.token_type_ids) == {0}
 
 
 def test_word_the_tokenizer_drops_becomes_unk(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, overlap=8, case_features=False)
+    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
     (window,) = encoder.encode(0, ["a", "\u200b", "b"], ["O", "B-PER", "O"])
     assert window.input_ids[2] == tokenizer.unk_token_id
     assert window.labels[2] == 1
@@ -113,7 +113,7 @@ def test_thousand_word_sentence_gets_a_tag_for_every_word(tokenizer):
     rng = random.Random(1)
     vocabulary = ["Paris", "the", "extraordinarily", "EU", "1996", ","]
     words = [rng.choice(vocabulary) for _ in range(1000)]
-    encoder = Encoder(tokenizer, LABELS, max_length=128, overlap=32, case_features=True)
+    encoder = Encoder(tokenizer, LABELS, max_length=128, window_overlap=32, case_features=True)
     windows = encoder.encode_all([words])
     assert len(windows) > 8
     assert max(len(w.input_ids) for w in windows) <= 128
@@ -133,7 +133,7 @@ def test_thousand_word_sentence_gets_a_tag_for_every_word(tokenizer):
 
 
 def test_collate_pads_to_the_longest(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, overlap=8, case_features=True)
+    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
     windows = encoder.encode_all([["Paris"], ["the", "EU", "said"]], [["B-LOC"], ["O"] * 3])
     batch = collate(windows, tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (2, 5)

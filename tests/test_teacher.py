@@ -67,7 +67,7 @@ def test_reloaded_teacher_reproduces_its_metrics(reference_run: Path, conll_dir:
     assert model.config.type_vocab_size == 5
     dataset = load_dataset(str(conll_dir))
     valid = dataset.split("valid")[:80]
-    encoder = Encoder(tokenizer, labels, max_length=32, overlap=8, case_features=True)
+    encoder = Encoder(tokenizer, labels, max_length=32, window_overlap=8, case_features=True)
     scores = evaluate(model, encoder, [s.words for s in valid], [s.tags for s in valid],
                       labels, 16, torch.device("cpu"))
     metrics = json.loads((reference_run / "metrics.json").read_text())

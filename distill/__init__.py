@@ -1,0 +1,1 @@
+"""Distill stage: train small students from the teacher with TextBrewer."""

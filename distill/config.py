@@ -1,0 +1,37 @@
+"""The distillation recipe's settings; presets in configs/distill/*.yaml fill them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from edgener.data import DATA_DIR_ENV
+from edgener.training import TrainSettings
+
+
+@dataclass
+class DistillConfig(TrainSettings):
+    run: str = "conll2003"  # reads runs/<run>/teacher, writes runs/<run>/students/
+    runs_dir: str = "runs"
+    # Where the teacher's dataset is, when its recorded folder has moved
+    dataset: str | None = None  # None: the one the teacher was trained on
+    data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    # Students: name -> {layers, hidden_size, heads, intermediate_size}; None keeps the
+    # teacher's width (and head size).
+    students: dict = field(default_factory=dict)
+    only: list | None = None  # train just these students
+    baselines: bool = True  # also train each student without distillation
+    # Losses (TextBrewer GeneralDistiller)
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    hard_label_weight: float = 1.0
+    hidden_loss: str = "hidden_mse"
+    hidden_weight: float = 1.0
+    mmd_weight: float = 0.0  # >0 adds an mmd (NST) match at each mapped layer pair
+    matches: list | None = None  # replaces the derived intermediate matches
+    cache_teacher: bool = True  # teacher outputs computed once, reused every epoch
+    # Extra unlabeled text, one sentence a line, labelled softly by the teacher
+    unlabeled_text: str | None = None
+    unlabeled_limit: int | None = None

@@ -1,0 +1,105 @@
+"""Student shapes, their initialisation from the teacher, and the layer matches between them.
+
+Everything here is derived from the two models' configs, so any BERT-style teacher and
+student pair works without model-specific code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForTokenClassification, PretrainedConfig
+
+LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
+
+
+@dataclass
+class StudentSpec:
+    layers: int
+    hidden_size: int | None = None  # None: the teacher's
+    heads: int | None = None  # None: keep the teacher's head size
+    intermediate_size: int | None = None  # None: scaled with the width
+
+
+def student_config(teacher: PretrainedConfig, spec: StudentSpec) -> PretrainedConfig:
+    config = teacher.__class__.from_dict(teacher.to_dict())
+    width = spec.hidden_size or teacher.hidden_size
+    head_size = teacher.hidden_size // teacher.num_attention_heads
+    heads = spec.heads or max(1, width // head_size)
+    if width % heads:
+        raise ValueError(f"student width {width} is not divisible by {heads} heads")
+    config.num_hidden_layers = spec.layers
+    config.hidden_size = width
+    config.num_attention_heads = heads
+    config.intermediate_size = spec.intermediate_size or round(
+        teacher.intermediate_size * width / teacher.hidden_size
+    )
+    config.architectures = teacher.architectures
+    return config
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher hidden-state index for each student hidden-state index, embeddings (0) included.
+
+    A uniform mapping: student output i sits at teacher output round(i * Lt / Ls), so the
+    last student layer always meets the last teacher layer.
+    """
+    return [int(i * teacher_layers / student_layers + 0.5) for i in range(student_layers + 1)]
+
+
+def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> dict[str, str]:
+    """Copy the teacher's weights into the student as well as its shape allows.
+
+    Student layer j takes teacher layer layer_map(...)[j + 1] - 1 (alternate layers for a
+    half-depth student); embeddings and the classifier head come across too. Where the
+    student is narrower, each tensor takes the teacher tensor's leading slice in every
+    dimension (weight selection), which keeps whole attention heads. Returns which teacher
+    tensor each student tensor came from.
+    """
+    layers = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    source_layer = {j: layers[j + 1] - 1 for j in range(student.config.num_hidden_layers)}
+    teacher_state = teacher.state_dict()
+    copied = {}
+    with torch.no_grad():
+        for name, tensor in student.state_dict().items():
+            source = LAYER_KEY.sub(lambda m: f".layer.{source_layer[int(m.group(1))]}.", name)
+            if source not in teacher_state:
+                continue
+            origin = teacher_state[source]
+            if origin.ndim != tensor.ndim or any(
+                s > t for s, t in zip(tensor.shape, origin.shape, strict=True)
+            ):
+                continue
+            tensor.copy_(origin[tuple(slice(0, size) for size in tensor.shape)])
+            copied[name] = source
+    return copied
+
+
+def build_student(teacher: torch.nn.Module, spec: StudentSpec, seed: int
+                  ) -> tuple[torch.nn.Module, dict[str, str]]:
+    torch.manual_seed(seed)
+    student = AutoModelForTokenClassification.from_config(student_config(teacher.config, spec))
+    copied = init_from_teacher(student, teacher)
+    return student, copied
+
+
+def derive_matches(student: PretrainedConfig, teacher: PretrainedConfig, loss: str,
+                   weight: float) -> list[dict]:
+    """TextBrewer intermediate matches: every student hidden state (embeddings included)
+    against its uniformly mapped teacher hidden state, with a linear projection when the
+    widths differ."""
+    matches = []
+    for layer_s, layer_t in enumerate(layer_map(student.num_hidden_layers,
+                                                teacher.num_hidden_layers)):
+        match = {"layer_T": layer_t, "layer_S": layer_s, "feature": "hidden",
+                 "loss": loss, "weight": weight}
+        if student.hidden_size != teacher.hidden_size:
+            match["proj"] = ["linear", student.hidden_size, teacher.hidden_size, {}]
+        matches.append(match)
+    return matches
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,253 @@
+"""Distill the teacher into small students, and train each student's shape without
+distillation as its baseline; publish runs/<run>/students/<name>[-baseline].
+
+    python -m distill [--preset minilm|bert-base|FILE.yaml] [--quick] [--fresh] [key=value ...]
+
+Without --preset, the preset named like the teacher's is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from distill.config import DistillConfig
+from distill.distiller import DistillStep, TeacherCache, make_distiller
+from distill.students import StudentSpec, build_student, derive_matches, layer_map
+from edgener.artifacts import (
+    MANIFEST,
+    describe_model,
+    fingerprint,
+    make_manifest,
+    publish_model,
+    read_json,
+    read_manifest,
+)
+from edgener.backbone import load_stage_model
+from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
+from edgener.data import load_dataset
+from edgener.encoding import Window
+from edgener.text import split_words
+from edgener.training import (
+    Processes,
+    TokenClassifierStep,
+    close_processes,
+    console,
+    evaluate,
+    fit,
+    init_processes,
+    score_splits,
+    set_seed,
+)
+
+TEACHER_HINT = "make teacher"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", help="preset under configs/distill, or a YAML file")
+    parser.add_argument("--quick", action="store_true", help="a slice of the data, fewer steps")
+    parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+
+    run_dir = Path(overrides.get("runs_dir", "runs")) / str(overrides.get("run", "conll2003"))
+    teacher_manifest = read_manifest(run_dir / "teacher", "teacher", TEACHER_HINT)
+    preset = args.preset or teacher_manifest.get("preset")
+    config = load_config(DistillConfig, preset_path("distill", preset), overrides, args.quick)
+    if not config.students:
+        raise ConfigError(f"preset {preset!r} defines no students")
+    processes = init_processes(config.threads)
+    try:
+        return distill(config, preset, processes, args.fresh)
+    finally:
+        close_processes(processes)
+
+
+def distill(config: DistillConfig, preset: str, processes: Processes, fresh: bool) -> int:
+    log = console.print if processes.is_main else (lambda *a, **k: None)
+    run_dir = Path(config.runs_dir) / config.run
+    teacher, tokenizer, labels, teacher_manifest, encoder = load_stage_model(
+        run_dir / "teacher", "teacher", TEACHER_HINT)
+    teacher.to(processes.device).eval()
+    teacher_test_f1 = teacher_manifest["test_f1"]
+    log(f"[bold]distill[/]: preset [cyan]{preset}[/]; teacher {describe_model(teacher)['layers']}"
+        f" layers x {teacher.config.hidden_size}, test F1 {teacher_test_f1:.4f}")
+
+    recorded = teacher_manifest["dataset"]
+    teacher_data = recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
+    dataset = load_dataset(config.dataset or teacher_data, config.data_dir)
+    if dataset.labels != labels:
+        raise ConfigError(f"dataset {dataset.source} has labels {dataset.labels}, but the "
+                          f"teacher was trained on {labels}")
+    train_set = dataset.split("train")[: config.train_limit]
+    splits = {"valid": dataset.split("valid")[: config.eval_limit],
+              "test": dataset.split("test")[: config.eval_limit]}
+    labeled = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
+    unlabeled = read_unlabeled(config, encoder)
+    log(f"data: {len(train_set)} train sentences ({len(labeled)} windows)"
+        + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else ""))
+
+    specs = {name: StudentSpec(**spec) for name, spec in config.students.items()
+             if not config.only or name in config.only}
+    base_id = fingerprint({**as_dict(config), "students": None, "only": None,
+                           "teacher": teacher_manifest["config_fingerprint"]})
+    cache = None
+    rows = []
+    for name, spec in specs.items():
+        for distilled in (True, False) if config.baselines else (True,):
+            out_name = name if distilled else f"{name}-baseline"
+            out_dir = run_dir / "students" / out_name
+            config_id = fingerprint([base_id, dataclasses.asdict(spec), distilled])
+            if not fresh and is_up_to_date(out_dir, config_id):
+                log(f"{out_dir} is up to date; pass --fresh to retrain")
+                rows.append(read_json(out_dir / "metrics.json") | {"name": out_name})
+                continue
+            student, copied = build_student(teacher, spec, config.seed)
+            student.to(processes.device)
+            set_seed(config.seed)
+            if distilled:
+                matches = check_matches(config.matches or derived_matches(config, student, teacher))
+                if cache is None and config.cache_teacher:
+                    cache = build_cache(config, teacher, labeled + unlabeled, specs, processes,
+                                        tokenizer.pad_token_id)
+                distiller = make_distiller(teacher, student, matches, config.temperature,
+                                           config.kd_weight, config.hard_label_weight,
+                                           str(run_dir / ".students-work"), processes.device)
+                windows = labeled + unlabeled
+                step = DistillStep(distiller, windows, tokenizer.pad_token_id,
+                                   [tokenizer.cls_token_id, tokenizer.sep_token_id],
+                                   processes.device, cache)
+            else:
+                matches, windows = [], labeled
+                step = TokenClassifierStep(student, windows, tokenizer.pad_token_id,
+                                           processes.device)
+            log(f"\n[bold]{out_name}[/]: {spec.layers} layers x {student.config.hidden_size}, "
+                f"{describe_model(student)['params'] / 1e6:.1f}M parameters, "
+                + ("distilled" if distilled else "hard labels only"))
+
+            def validate(student=student) -> float:
+                valid = splits["valid"]
+                return evaluate(student, encoder, [s.words for s in valid],
+                                [s.tags for s in valid], labels, config.eval_batch_size,
+                                processes.device)["f1"]
+
+            result = fit(step, student, [len(w.input_ids) for w in windows], validate, config,
+                         run_dir / ".students-work" / out_name, config_id, processes, fresh)
+            if processes.is_main:
+                metrics = score_splits(student, encoder, splits, labels, config.eval_batch_size,
+                                       processes.device)
+                shape = describe_model(student)
+                metrics |= {"params": shape["params"], "teacher_test_f1": teacher_test_f1,
+                            "wall_time_s": result.wall_time_s, "steps": result.steps,
+                            "epochs": config.epochs, "best_epoch": result.best_epoch,
+                            "history": result.history, "seed": config.seed}
+                manifest = make_manifest(
+                    "student",
+                    config_fingerprint=config_id,
+                    name=out_name,
+                    distilled=distilled,
+                    **shape,
+                    init={"from": "teacher", "tensors_copied": len(copied),
+                          "layers": layer_map(spec.layers, teacher.config.num_hidden_layers)[1:]},
+                    matches=matches,
+                    losses={"kd": {"type": "ce", "weight": config.kd_weight,
+                                   "temperature": config.temperature},
+                            "hard_label_weight": config.hard_label_weight} if distilled
+                    else {"hard_label_weight": 1.0},
+                    teacher={"dir": str(run_dir / "teacher"), "test_f1": teacher_test_f1,
+                             "params": describe_model(teacher)["params"]},
+                    labels=labels,
+                    encoding=encoder.settings(),
+                    dataset=teacher_manifest["dataset"],
+                    unlabeled_windows=len(unlabeled) if distilled else 0,
+                    valid_f1=metrics["valid"]["f1"],
+                    test_f1=metrics["test"]["f1"],
+                )
+                publish_model(out_dir, student, tokenizer, labels, as_dict(config), metrics,
+                              manifest)
+                rows.append(metrics | {"name": out_name})
+            processes.barrier()
+    if processes.is_main:
+        print_students(rows, teacher_test_f1, run_dir / "students")
+    return 0
+
+
+def derived_matches(config: DistillConfig, student, teacher) -> list[dict]:
+    matches = derive_matches(student.config, teacher.config, config.hidden_loss,
+                             config.hidden_weight)
+    if config.mmd_weight > 0:
+        matches += [{"layer_T": [m["layer_T"]] * 2, "layer_S": [m["layer_S"]] * 2,
+                     "feature": "hidden", "loss": "mmd", "weight": config.mmd_weight}
+                    for m in matches]
+    return matches
+
+
+def check_matches(matches: list[dict]) -> list[dict]:
+    # The adaptors and the cache carry hidden states only; attention maps would need both.
+    if any(m.get("feature") != "hidden" for m in matches):
+        raise ConfigError("matches: only feature 'hidden' is supported")
+    return matches
+
+
+def teacher_layers(matches: list[dict]) -> set[int]:
+    layers = set()
+    for match in matches:
+        value = match["layer_T"]
+        layers |= set(value) if isinstance(value, list) else {value}
+    return layers
+
+
+def build_cache(config: DistillConfig, teacher, windows: list[Window], specs, processes,
+                pad_id: int) -> TeacherCache:
+    """One pass of the teacher over every training window, for every student's matches."""
+    layers = {layer for spec in specs.values()
+              for layer in layer_map(spec.layers, teacher.config.num_hidden_layers)}
+    if config.matches:
+        layers = teacher_layers(config.matches)
+    return TeacherCache(teacher, windows, sorted(layers), config.eval_batch_size,
+                        processes.device, pad_id)
+
+
+def read_unlabeled(config: DistillConfig, encoder) -> list[Window]:
+    if not config.unlabeled_text:
+        return []
+    path = Path(config.unlabeled_text)
+    if not path.is_file():
+        raise ConfigError(f"unlabeled_text: {path} does not exist")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    sentences = [[w.text for w in split_words(line)] for line in lines]
+    sentences = [s for s in sentences if s][: config.unlabeled_limit]
+    return encoder.encode_all(sentences)
+
+
+def is_up_to_date(out_dir: Path, config_id: str) -> bool:
+    path = out_dir / MANIFEST
+    return path.is_file() and read_json(path).get("config_fingerprint") == config_id
+
+
+def print_students(rows: list[dict], teacher_f1: float, where: Path) -> None:
+    table = Table(title=f"Students (teacher test F1 {100 * teacher_f1:.2f})")
+    table.add_column("student", no_wrap=True)
+    for column in ("params", "test F1", "F1 kept", "gain over baseline", "time"):
+        table.add_column(column, justify="right")
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        baseline = by_name.get(f"{row['name']}-baseline")
+        gain = (f"{100 * (row['test']['f1'] - baseline['test']['f1']):+.2f}"
+                if baseline else "")
+        table.add_row(row["name"], f"{row['params'] / 1e6:.1f}M",
+                      f"{100 * row['test']['f1']:.2f}",
+                      f"{100 * row['test']['f1'] / teacher_f1:.1f}%", gain,
+                      f"{row['wall_time_s'] / 60:.1f} min")
+    console.print(table)
+    console.print(f"students in [bold]{where}[/]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
