@@ -1,4 +1,4 @@
-# edge-ner: make all | make test | make teacher   (QUICK=1 for a 10-minute slice)
+# edge-ner: make all | make test | make teacher | make distill   (QUICK=1: a quick slice)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,9 +11,9 @@ RUN ?= $(DATASET)$(if $(QUICK),-quick,)
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
 
-.PHONY: all install teacher test lint clean
+.PHONY: all install teacher distill test lint clean
 
-all: teacher
+all: teacher distill
 
 # The stamp is rebuilt when pyproject.toml changes, so a new dependency installs itself.
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,9 @@ install: $(VENV)/.installed
 
 teacher: install
 	$(PY) -m teacher $(STAGE_ARGS)
+
+distill: install
+	$(PY) -m distill $(STAGE_ARGS)
 
 test: install
 	EDGE_NER_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

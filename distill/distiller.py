@@ -23,7 +23,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def real_token_mask(batch: dict[str, torch.Tensor], special_ids: Sequence[int]) -> torch.Tensor:
     """True at tokens that come from words: not padding, not [CLS] or [SEP]."""
-    mask = batch["attention_mask"].bool()
+    mask = batch["attention_mask"].bool().clone()
     for token_id in special_ids:
         mask &= batch["input_ids"] != token_id
     return mask

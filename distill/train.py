@@ -243,7 +243,7 @@ def print_students(rows: list[dict], teacher_f1: float, where: Path) -> None:
                 if baseline else "")
         table.add_row(row["name"], f"{row['params'] / 1e6:.1f}M",
                       f"{100 * row['test']['f1']:.2f}",
-                      f"{100 * row['test']['f1'] / teacher_f1:.1f}%", gain,
+                      f"{100 * row['test']['f1'] / teacher_f1:.1f}%" if teacher_f1 else "-", gain,
                       f"{row['wall_time_s'] / 60:.1f} min")
     console.print(table)
     console.print(f"students in [bold]{where}[/]")
