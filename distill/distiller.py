@@ -8,6 +8,7 @@ and cached, since the training windows do not change between epochs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +74,7 @@ class TeacherCache:
         self.hidden: dict[int, list[torch.Tensor | None]] = {
             layer: [None] * len(windows) for layer in self.layers
         }
+        started = time.time()
         teacher.eval()
         batches = eval_batches([len(w.input_ids) for w in windows], batch_size)
         with torch.no_grad(), Progress(console=console, transient=True) as progress:
@@ -87,6 +89,9 @@ class TeacherCache:
                         hidden = outputs["hidden"][layer][row, :length]
                         self.hidden[layer][index] = hidden.cpu().clone()
                 progress.advance(task)
+        self.seconds = time.time() - started
+        tensors = [*self.logits, *(t for rows in self.hidden.values() for t in rows)]
+        self.megabytes = sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
     def batch(self, indices: Sequence[int], width: int, device: torch.device) -> dict:
         def padded(rows: list[torch.Tensor]) -> torch.Tensor:

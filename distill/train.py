@@ -112,7 +112,8 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
             student.to(processes.device)
             set_seed(config.seed)
             if distilled:
-                matches = check_matches(config.matches or derived_matches(config, student, teacher))
+                matches = check_matches(config.matches
+                                        or derived_matches(config, student, teacher))
                 if cache is None and config.cache_teacher:
                     cache = build_cache(config, teacher, labeled + unlabeled, specs, processes,
                                         tokenizer.pad_token_id)
@@ -166,6 +167,8 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     encoding=encoder.settings(),
                     dataset=teacher_manifest["dataset"],
                     unlabeled_windows=len(unlabeled) if distilled else 0,
+                    teacher_cache={"seconds": round(cache.seconds, 1), "layers": cache.layers}
+                    if distilled and cache else None,
                     valid_f1=metrics["valid"]["f1"],
                     test_f1=metrics["test"]["f1"],
                 )
@@ -210,8 +213,12 @@ def build_cache(config: DistillConfig, teacher, windows: list[Window], specs, pr
               for layer in layer_map(spec.layers, teacher.config.num_hidden_layers)}
     if config.matches:
         layers = teacher_layers(config.matches)
-    return TeacherCache(teacher, windows, sorted(layers), config.eval_batch_size,
-                        processes.device, pad_id)
+    cache = TeacherCache(teacher, windows, sorted(layers), config.eval_batch_size,
+                         processes.device, pad_id)
+    if processes.is_main:
+        console.print(f"teacher outputs cached for {len(windows)} windows (hidden states "
+                      f"{cache.layers}) in {cache.seconds:.0f} s, {cache.megabytes:.0f} MB")
+    return cache
 
 
 def read_unlabeled(config: DistillConfig, encoder) -> list[Window]:
