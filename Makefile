@@ -30,7 +30,7 @@ distill: install
 	$(PY) -m distill $(STAGE_ARGS)
 
 test: install
-	EDGE_NER_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	EDGE_NER_DATA_DIR=$(abspath $(DATA_DIR)) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def conll_dir() -> Path:
     data_dir = os.environ.get("EDGE_NER_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    folder = Path(data_dir) / "conll2003"
+    # Resolved: the stage runs under test start in temporary folders.
+    folder = Path(data_dir).resolve() / "conll2003"
     if not (folder / "train.txt").is_file():
         pytest.skip(f"CoNLL-2003 not found under {data_dir} (set EDGE_NER_DATA_DIR)")
     return folder
