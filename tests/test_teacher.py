@@ -51,6 +51,8 @@ def test_teacher_writes_complete_artifacts(reference_run: Path):
         assert set(metrics[split]["per_type"]) <= {"PER", "LOC", "ORG", "MISC"}
         assert "f1" in metrics[split]["per_type"]["PER"]
     assert metrics["wall_time_s"] > 0
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert all(row["steps_per_s"] > 0 for row in metrics["history"])
     # 240 sentences, batch 8, 2 epochs: 60 steps, more as long sentences take several windows.
     assert metrics["steps"] > 60 and metrics["steps"] % 2 == 0
     manifest = json.loads((reference_run / "manifest.json").read_text())
