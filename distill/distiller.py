@@ -17,9 +17,8 @@ from rich.progress import Progress
 from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
 from edgener.encoding import IGNORE_INDEX, Window, collate, eval_batches
+from edgener.runtime import MODEL_INPUTS
 from edgener.training import console
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def real_token_mask(batch: dict[str, torch.Tensor], special_ids: Sequence[int]) -> torch.Tensor:

@@ -22,16 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edgener.decoding import constrained_decode
-from edgener.encoding import (
-    Encoder,
-    Window,
-    collate,
-    eval_batches,
-    gather_word_logits,
-    train_batches,
-)
-from edgener.metrics import entity_scores
+from edgener.encoding import Encoder, Window, collate, train_batches
+from edgener.runtime import score, torch_backend
 
 console = Console()
 
@@ -157,35 +149,6 @@ def training_progress() -> Progress:
     )
 
 
-@torch.no_grad()
-def predict_word_logits(
-    model: torch.nn.Module,
-    encoder: Encoder,
-    sentences: Sequence[Sequence[str]],
-    batch_size: int,
-    device: torch.device,
-) -> list[np.ndarray]:
-    """Word-level logits for each sentence, every word predicted by the window owning it."""
-    windows = encoder.encode_all(sentences)
-    pad_id = encoder.tokenizer.pad_token_id
-    was_training = model.training
-    model.eval()
-
-    def window_logits():
-        for batch_indices in eval_batches([len(w.input_ids) for w in windows], batch_size):
-            batch = collate([windows[i] for i in batch_indices], pad_id)
-            batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            logits = logits.float().cpu().numpy()
-            for row, index in enumerate(batch_indices):
-                yield index, logits[row, : len(windows[index].input_ids)]
-
-    try:
-        return gather_word_logits(windows, window_logits(), [len(s) for s in sentences])
-    finally:
-        model.train(was_training)
-
-
 def evaluate(
     model: torch.nn.Module,
     encoder: Encoder,
@@ -196,9 +159,13 @@ def evaluate(
     device: torch.device,
 ) -> dict:
     """Entity-level scores of a PyTorch model with constrained decoding."""
-    word_logits = predict_word_logits(model, encoder, words, batch_size, device)
-    predicted = [constrained_decode(logits, labels) for logits in word_logits]
-    return entity_scores(gold_tags, predicted)
+    was_training = model.training
+    model.eval()
+    try:
+        return score(torch_backend(model, device), encoder, words, gold_tags, labels,
+                     batch_size)
+    finally:
+        model.train(was_training)
 
 
 def score_splits(model: torch.nn.Module, encoder: Encoder, splits: dict, labels: Sequence[str],

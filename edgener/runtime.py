@@ -1,0 +1,79 @@
+"""Inference backends behind one signature, and scoring through any of them.
+
+A backend is a callable from a padded batch of model inputs (numpy int64 arrays named
+input_ids, attention_mask, token_type_ids) to token logits [batch, tokens, labels]. Every
+stage scores a model through the backend that will serve it, with the same windows,
+word alignment and constrained decoding, so their F1 numbers compare like for like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgener.decoding import constrained_decode
+from edgener.encoding import Encoder, collate, eval_batches, gather_word_logits
+from edgener.metrics import entity_scores
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def torch_backend(model: torch.nn.Module, device: torch.device | str = "cpu") -> Backend:
+    """A PyTorch token classifier as a backend (eval mode, no gradients)."""
+
+    @torch.no_grad()
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(batch[k]).to(device) for k in MODEL_INPUTS}
+        return model(**inputs).logits.float().cpu().numpy()
+
+    return run
+
+
+class OnnxBackend:
+    """An ONNX model in ONNX Runtime on the CPU, with a fixed thread count."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: batch[name] for name in self.input_names}
+        return self.session.run(None, feed)[0]
+
+
+def numpy_batch(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: batch[k].numpy() for k in MODEL_INPUTS}
+
+
+def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence[str]],
+                batch_size: int) -> list[np.ndarray]:
+    """Word-level logits for each sentence, every word predicted by the window owning it."""
+    windows = encoder.encode_all(sentences)
+    pad_id = encoder.tokenizer.pad_token_id
+
+    def window_logits():
+        for indices in eval_batches([len(w.input_ids) for w in windows], batch_size):
+            logits = backend(numpy_batch(collate([windows[i] for i in indices], pad_id)))
+            for row, index in enumerate(indices):
+                yield index, logits[row, : len(windows[index].input_ids)]
+
+    return gather_word_logits(windows, window_logits(), [len(s) for s in sentences])
+
+
+def score(backend: Backend, encoder: Encoder, words: Sequence[Sequence[str]],
+          gold_tags: Sequence[Sequence[str]], labels: Sequence[str], batch_size: int) -> dict:
+    """Entity-level scores of a backend, with constrained decoding."""
+    predicted = [constrained_decode(logits, labels)
+                 for logits in word_logits(backend, encoder, words, batch_size)]
+    return entity_scores(gold_tags, predicted)

@@ -1,0 +1,351 @@
+"""Build deployable artifacts for every model of a run, each checked through the runtime
+that will serve it; publish runs/<run>/quantized/<model>-<variant>.
+
+    python -m quantize [--preset default|FILE.yaml] [--quick] [--fresh] [key=value ...]
+
+For each model (the teacher and the distilled students): export FP32 ONNX and check it
+against PyTorch, then build the ONNX Runtime, neural-compressor and (on CUDA) TensorRT
+variants, measure each one's valid F1, and judge it against the FP32 ONNX reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from edgener.artifacts import (
+    MANIFEST,
+    ArtifactError,
+    fingerprint,
+    make_manifest,
+    publish_dir,
+    read_json,
+    write_json_atomic,
+)
+from edgener.backbone import load_stage_model
+from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
+from edgener.data import Sentence, load_dataset
+from edgener.runtime import Backend, OnnxBackend, score, torch_backend, word_logits
+from edgener.training import console
+from quantize import ort_quant
+from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
+from quantize.onnx_export import ParityError, compare, export_onnx
+
+HINT = "make teacher"
+
+
+@dataclass
+class Source:
+    """A published model to quantize, with what every variant needs from it."""
+
+    name: str
+    folder: Path
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    manifest: dict
+    encoder: object
+    work: Path  # scratch files for this model
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["config_fingerprint"]
+
+
+@dataclass
+class Built:
+    """One variant's result, before it is judged and published."""
+
+    files: dict[str, Path]  # name in the artifact folder -> file or folder to copy there
+    backend: str
+    precision: str
+    runtime: Backend | None  # None: built but cannot run here
+    details: dict = field(default_factory=dict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantize",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="default", help="preset under configs/quantize")
+    parser.add_argument("--quick", action="store_true", help="fewer sentences, fewer trials")
+    parser.add_argument("--fresh", action="store_true", help="rebuild up-to-date artifacts")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    config = load_config(QuantizeConfig, preset_path("quantize", args.preset),
+                         parse_overrides(args.overrides), args.quick)
+    unknown = sorted(set(config.variants) - {*CPU_VARIANTS, *GPU_VARIANTS})
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: "
+                          f"{', '.join([*CPU_VARIANTS, *GPU_VARIANTS])}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    # ONNX Runtime's quantizer logs advice on the root logger at every call.
+    logging.getLogger().setLevel(logging.ERROR)
+    return quantize(config, args.fresh)
+
+
+def quantize(config: QuantizeConfig, fresh: bool) -> int:
+    run_dir = Path(config.runs_dir) / config.run
+    sources = find_models(run_dir, config.models)
+    recorded = read_json(sources[0][1] / MANIFEST)["dataset"]
+    teacher_data = recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
+    dataset = load_dataset(config.dataset or teacher_data, config.data_dir)
+    splits = {"train": dataset.split("train"),
+              "valid": dataset.split("valid")[: config.eval_limit],
+              "test": dataset.split("test")[: config.eval_limit]}
+    console.print(f"[bold]quantize[/]: {len(sources)} model(s) from {run_dir}; F1 checks on "
+                  f"{len(splits['valid'])} valid sentences; budget: at most "
+                  f"{100 * config.max_f1_drop:g}% relative F1 drop against FP32 ONNX")
+    gpu = [v for v in config.variants if v in GPU_VARIANTS]
+    if gpu and not torch.cuda.is_available():
+        console.print(f"[yellow]no CUDA device[/]: skipping {', '.join(gpu)}; building the CPU "
+                      "artifacts")
+    rows = []
+    for name, folder in sources:
+        model, tokenizer, labels, manifest, encoder = load_stage_model(
+            folder, manifest_stage(folder), HINT)
+        source = Source(name, folder, model.eval(), tokenizer, labels, manifest, encoder,
+                        run_dir / ".quantize-work" / name)
+        rows += quantize_model(source, config, splits, run_dir / "quantized", fresh)
+    print_summary(rows, run_dir / "quantized")
+    return 0
+
+
+def find_models(run_dir: Path, names: list | None) -> list[tuple[str, Path]]:
+    """(name, folder) of the teacher and each distilled student (baselines only on request)."""
+    teacher = run_dir / "teacher"
+    if not (teacher / MANIFEST).is_file():
+        raise ArtifactError(f"{teacher} holds no teacher ({MANIFEST} missing); run `{HINT}` first")
+    found = [("teacher", teacher)]
+    students = run_dir / "students"
+    for folder in sorted(students.glob("*")) if students.is_dir() else []:
+        if (folder / MANIFEST).is_file():
+            found.append((folder.name, folder))
+    if names is None:
+        return [(n, f) for n, f in found if not n.endswith("-baseline")]
+    known = {n for n, _ in found}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"models: {', '.join(missing)} not found in {run_dir}; "
+                          f"known: {', '.join(sorted(known))}")
+    return [(n, f) for n, f in found if n in names]
+
+
+def manifest_stage(folder: Path) -> str:
+    return read_json(folder / MANIFEST).get("stage", "teacher")
+
+
+def quantize_model(source: Source, config: QuantizeConfig, splits: dict[str, list[Sentence]],
+                   out_root: Path, fresh: bool) -> list[dict]:
+    source.work.mkdir(parents=True, exist_ok=True)
+    base_id = fingerprint([source.fingerprint, as_dict(config) | {"models": None}])
+    console.print(f"\n[bold]{source.name}[/] ({source.folder})")
+
+    def f1_of(backend: Backend, split: str = "valid") -> float:
+        return evaluate(backend, source, splits[split], config)["f1"]
+
+    # The FP32 export, checked against PyTorch before anything is built on it.
+    plain = source.work / "model.onnx"
+    export_onnx(source.model, plain, config.opset)
+    fp32 = OnnxBackend(plain, config.threads)
+    valid_words = [s.words for s in splits["valid"]]
+    parity = compare(torch_backend(source.model), fp32, source.encoder, valid_words,
+                     source.labels, config.eval_batch_size)
+    if not parity.ok(config.parity_atol):
+        raise ParityError(f"{source.name}: the ONNX export does not match PyTorch on valid: "
+                          f"{parity.describe()} (tolerance {config.parity_atol:g})")
+    console.print(f"  ONNX export matches PyTorch: {parity.describe()}")
+    reference = evaluate(fp32, source, splits["valid"], config)["f1"]
+    min_f1 = reference * (1 - config.max_f1_drop)
+
+    rows = []
+    for variant in config.variants:
+        if variant in GPU_VARIANTS and not torch.cuda.is_available():
+            continue
+        out_dir = out_root / f"{source.name}-{variant}"
+        config_id = fingerprint([base_id, variant])
+        manifest_path = out_dir / MANIFEST
+        if not fresh and manifest_path.is_file() and \
+                read_json(manifest_path).get("config_fingerprint") == config_id:
+            console.print(f"  {out_dir.name}: up to date")
+            rows.append(read_json(manifest_path))
+            continue
+        started = time.time()
+        with console.status(f"  building {variant}"):
+            built = build_variant(variant, source, config, plain, splits, min_f1,
+                                  parity=parity, reference=reference)
+        if built is None:
+            continue
+        valid = evaluate(built.runtime, source, splits["valid"], config)
+        test = evaluate(built.runtime, source, splits["test"], config)
+        manifest = publish(out_dir, built, source, config, config_id, valid, test, reference,
+                           min_f1, time.time() - started)
+        console.print(f"  {out_dir.name}: valid F1 {100 * valid['f1']:.2f} "
+                      f"({100 * (valid['f1'] - reference):+.2f}), {manifest['size_mb']:.1f} MB, "
+                      + ("within budget" if manifest["within_budget"] else
+                         "[red]over budget[/]"))
+        rows.append(manifest)
+    shutil.rmtree(source.work, ignore_errors=True)
+    return rows
+
+
+def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
+             config: QuantizeConfig) -> dict:
+    return score(backend, source.encoder, [s.words for s in sentences],
+                 [s.tags for s in sentences], source.labels, config.eval_batch_size)
+
+
+def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: Path,
+                  splits: dict, min_f1: float, parity, reference: float) -> Built | None:
+    work = source.work
+    shape = source.model.config
+    if variant == "onnx-fp32":
+        return Built({"model.onnx": plain}, "onnxruntime", "fp32",
+                     OnnxBackend(plain, config.threads),
+                     {"graph": "exported", "parity": {"max_abs_logit_diff": parity.max_abs_diff,
+                                                      "tag_mismatches": parity.tag_mismatches,
+                                                      "sentences": parity.sentences}})
+    if variant in ("ort-fp32", "ort-int8-dynamic"):
+        fused = work / "fused.onnx"
+        fused_ops = ort_quant.fuse(plain, fused, shape.num_attention_heads, shape.hidden_size)
+        if variant == "ort-fp32":
+            return Built({"model.onnx": fused}, "onnxruntime", "fp32",
+                         OnnxBackend(fused, config.threads), {"graph": "fused",
+                                                              "fused_ops": fused_ops})
+        dynamic = work / "dynamic.onnx"
+        ort_quant.quantize_dynamic_int8(fused, dynamic)
+        return Built({"model.onnx": dynamic}, "onnxruntime", "int8",
+                     OnnxBackend(dynamic, config.threads),
+                     {"graph": "fused", "fused_ops": fused_ops, "quantization": "dynamic",
+                      "fp32_ops": ort_quant.float_ops(dynamic)})
+    if variant == "ort-int8-static":
+        return build_static(source, config, plain, splits, reference)
+    if variant == "inc-int8":
+        from quantize import inc_quant
+
+        return inc_quant.build(source, config, splits, min_f1, work)
+    from quantize import tensorrt_build
+
+    return tensorrt_build.build(variant, source, config, plain, splits, work)
+
+
+def calibration_reader(source: Source, config: QuantizeConfig, splits: dict):
+    train = splits["train"][: config.calibration_sentences]
+    return ort_quant.CalibrationReader(source.encoder, [s.words for s in train])
+
+
+def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: dict,
+                 reference: float) -> Built:
+    """Static QDQ; layers go back to FP32, most sensitive first, while it misses its budget."""
+    work = source.work
+    reader = calibration_reader(source, config, splits)
+    target = work / "static.onnx"
+    ort_quant.quantize_static_qdq(plain, target, reader, config.calibration_method,
+                                  config.quantize_embeddings)
+
+    def f1_at(path: Path) -> float:
+        return evaluate(OnnxBackend(path, config.threads), source, splits["valid"], config)["f1"]
+
+    min_f1 = reference * (1 - config.static_max_f1_drop)
+    f1 = f1_at(target)
+    fallback = {"full_int8_valid_f1": f1, "fp32_groups": [], "sensitivity": {}}
+    if f1 < min_f1:
+        fp32 = OnnxBackend(plain, config.threads)
+        check = [s.words for s in splits["train"][: min(config.calibration_sentences, 256)]]
+        expected = word_logits(fp32, source.encoder, check, config.eval_batch_size)
+
+        def logit_error(path: Path) -> float:
+            actual = word_logits(OnnxBackend(path, config.threads), source.encoder, check,
+                                 config.eval_batch_size)
+            return sum(ort_quant.mean_squared_logit_error(a, b)
+                       for a, b in zip(expected, actual, strict=True) if a.size) / len(check)
+
+        console.print(f"  static INT8 valid F1 {100 * f1:.2f} misses {100 * min_f1:.2f}; "
+                      "measuring layer sensitivity")
+        f1, kept, sensitivity = ort_quant.sensitivity_fallback(
+            plain, target, reader, config.calibration_method, config.quantize_embeddings,
+            logit_error, f1_at, min_f1, progress=lambda text: console.print(f"    {text}"))
+        fallback |= {"fp32_groups": kept, "sensitivity": sensitivity, "valid_f1": f1}
+    return Built({"model.onnx": target}, "onnxruntime", "int8",
+                 OnnxBackend(target, config.threads),
+                 {"graph": "exported", "quantization": "static QDQ",
+                  "calibration": {"method": config.calibration_method,
+                                  "sentences": reader.sentences, "split": "train"},
+                  "weights": "int8 symmetric per-channel", "activations": "int8 symmetric",
+                  "embeddings_quantized": config.quantize_embeddings,
+                  "fp32_ops": ort_quant.float_ops(target), "fallback": fallback})
+
+
+def publish(out_dir: Path, built: Built, source: Source, config: QuantizeConfig,
+            config_id: str, valid: dict, test: dict, reference: float, min_f1: float,
+            seconds: float) -> dict:
+    size = sum(file_size(path) for path in built.files.values())
+    manifest = make_manifest(
+        "quantized",
+        config_fingerprint=config_id,
+        name=out_dir.name,
+        variant=out_dir.name[len(source.name) + 1:],
+        backend=built.backend,
+        precision=built.precision,
+        source=str(source.folder),
+        source_name=source.name,
+        source_params=sum(p.numel() for p in source.model.parameters()),
+        labels=source.labels,
+        encoding=source.encoder.settings(),
+        **built.details,
+        valid_f1=valid["f1"],
+        reference_valid_f1=reference,
+        f1_change=valid["f1"] - reference,
+        max_f1_drop=config.max_f1_drop,
+        within_budget=valid["f1"] >= min_f1,
+        test_f1=test["f1"],
+        size_mb=round(size / 2**20, 2),
+        build_seconds=round(seconds, 1),
+    )
+    with publish_dir(out_dir) as staging:
+        for name, path in built.files.items():
+            if path.is_dir():
+                shutil.copytree(path, staging / name)
+            else:
+                shutil.copy2(path, staging / name)
+        source.tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / "labels.json", source.labels)
+        write_json_atomic(staging / "metrics.json", {"valid": valid, "test": test})
+        write_json_atomic(staging / MANIFEST, manifest)
+    return manifest
+
+
+def file_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def print_summary(rows: list[dict], where: Path) -> None:
+    table = Table(title="Quantized artifacts (valid F1 against FP32 ONNX)")
+    table.add_column("artifact", no_wrap=True)
+    for column in ("size", "valid F1", "change", "verdict"):
+        table.add_column(column, justify="left" if column == "verdict" else "right",
+                         no_wrap=True)
+    for row in rows:
+        verdict = "[green]ok[/]" if row["within_budget"] else "[red]OVER BUDGET[/]"
+        table.add_row(row["name"], f"{row['size_mb']:.1f} MB", f"{100 * row['valid_f1']:.2f}",
+                      f"{100 * row['f1_change']:+.2f}", verdict)
+    console.print(table)
+    over = [row["name"] for row in rows if not row["within_budget"]]
+    if over:
+        console.print(f"[red]{len(over)} artifact(s) over budget[/]: {', '.join(over)} "
+                      "(kept, marked in their manifests)")
+    console.print(f"artifacts in [bold]{where}[/]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The quantization recipe's settings; presets in configs/quantize/*.yaml fill them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from edgener.data import DATA_DIR_ENV
+
+CPU_VARIANTS = ("onnx-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-static", "inc-int8")
+GPU_VARIANTS = ("trt-fp16", "trt-int8")
+
+
+@dataclass
+class QuantizeConfig:
+    run: str = "conll2003"  # reads runs/<run>/teacher and students/, writes quantized/
+    runs_dir: str = "runs"
+    dataset: str | None = None  # None: the one the teacher was trained on
+    data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
+    models: list | None = None  # teacher and student names; None: every published model
+    variants: list = field(default_factory=lambda: [*CPU_VARIANTS, *GPU_VARIANTS])
+    eval_limit: int | None = None  # first N valid sentences for the F1 checks
+    eval_batch_size: int = 64
+    threads: int | None = None  # ONNX Runtime and torch threads; None: all cores
+    # Budget: the largest drop of valid F1 against the FP32 ONNX reference, relative
+    # (0.01: an artifact keeps at least 99% of the reference F1).
+    max_f1_drop: float = 0.01
+    # FP32 export
+    opset: int = 17
+    parity_atol: float = 1e-4  # max |logit difference| against PyTorch on valid
+    # Static INT8 (QDQ)
+    calibration_sentences: int = 512  # from train, never valid or test
+    calibration_method: str = "minmax"  # minmax, entropy or percentile
+    quantize_embeddings: bool = True
+    # Stricter budget for the static path's sensitivity fallback: layers stay in FP32
+    # until the static model loses at most this much valid F1, relative.
+    static_max_f1_drop: float = 0.005
+    # neural-compressor
+    inc_max_trials: int = 8
+    # TensorRT (CUDA only)
+    trt_max_batch: int = 64
+    trt_max_length: int | None = None  # None: the encoder's window length

@@ -1,0 +1,168 @@
+"""ONNX Runtime on CPU: transformer fusions, INT8 dynamic quantization, and INT8 static
+quantization in QDQ form with a sensitivity fallback.
+
+The static model is quantized on the plain exported graph (standard ONNX operators only),
+symmetric per-channel int8 weights and symmetric int8 activations: that QDQ model is what
+TensorRT's explicit quantization takes, and ONNX Runtime fuses it into int8 kernels itself
+when it loads it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgener.encoding import Encoder, collate, eval_batches
+from edgener.runtime import numpy_batch
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+LAYER_OF_NODE = re.compile(r"layer\.(\d+)/")
+
+
+def fuse(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """ONNX Runtime's BERT fusions (embedding+LayerNorm, attention, skip+LayerNorm, bias+GELU);
+    returns how many of each fused operator the graph now has."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads,
+                               hidden_size=hidden_size)
+    optimized.save_model_to_file(str(target))
+    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+
+
+def quantize_dynamic_int8(source: Path, target: Path) -> None:
+    """Weights int8 ahead of time, activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The fused graph's contrib operators defeat ONNX shape inference; their outputs are FP32.
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=False,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+class CalibrationReader:
+    """Batches of train windows for ONNX Runtime's calibrators (never valid or test)."""
+
+    def __init__(self, encoder: Encoder, sentences: Sequence[Sequence[str]], batch_size: int = 16):
+        windows = encoder.encode_all(sentences)
+        pad_id = encoder.tokenizer.pad_token_id
+        self.batches = [numpy_batch(collate([windows[i] for i in indices], pad_id))
+                        for indices in eval_batches([len(w.input_ids) for w in windows],
+                                                    batch_size)]
+        self.sentences = len(sentences)
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._iter: Iterator[dict] = iter(self.batches)
+
+    def get_next(self) -> dict | None:
+        return next(self._iter, None)
+
+
+def quantize_static_qdq(source: Path, target: Path, reader: CalibrationReader, method: str,
+                        quantize_embeddings: bool, exclude: Sequence[str] = ()) -> None:
+    """Static INT8 in QDQ form: per-channel symmetric int8 weights, symmetric int8
+    activations calibrated on `reader`; nodes in `exclude` stay FP32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration_method {method!r}: choose one of "
+                         f"{', '.join(CALIBRATION_METHODS)}")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    op_types = ["MatMul", "Gemm", *(["Gather"] if quantize_embeddings else [])]
+    reader.rewind()
+    quantize_static(
+        str(source), str(target), reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=methods[method],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+
+
+def float_weights(model: onnx.ModelProto) -> set[str]:
+    return {init.name for init in model.graph.initializer
+            if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2}
+
+
+def weight_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that read an FP32 weight matrix directly: MatMul/Gemm on a weight, and
+    embedding Gathers (a DequantizeLinear in between means the weight is int8)."""
+    weights = float_weights(model)
+
+    def reads_weight(node: onnx.NodeProto) -> bool:
+        if node.op_type in ("MatMul", "Gemm"):
+            return len(node.input) > 1 and node.input[1] in weights
+        return node.op_type == "Gather" and node.input[0] in weights
+
+    return [node for node in model.graph.node if reads_weight(node)]
+
+
+def quantizable_nodes(path: Path, quantize_embeddings: bool) -> list[onnx.NodeProto]:
+    """The nodes static quantization touches: MatMuls on a weight, and embedding Gathers."""
+    nodes = weight_nodes(onnx.load(str(path)))
+    return [n for n in nodes if quantize_embeddings or n.op_type != "Gather"]
+
+
+def node_group(node_name: str) -> str:
+    """The encoder layer a node belongs to ('layer.3'), else 'embeddings' or 'head'."""
+    match = LAYER_OF_NODE.search(node_name)
+    if match:
+        return f"layer.{match.group(1)}"
+    return "embeddings" if "embeddings" in node_name else "head"
+
+
+def float_ops(path: Path) -> dict[str, int]:
+    """Weight-bearing operators that still compute in FP32, by type (none in a fully
+    quantized QDQ model)."""
+    return dict(Counter(node.op_type for node in weight_nodes(onnx.load(str(path)))))
+
+
+def sensitivity_fallback(
+    source: Path, target: Path, reader: CalibrationReader, method: str,
+    quantize_embeddings: bool, logit_error: Callable[[Path], float],
+    f1_of: Callable[[Path], float], min_f1: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[float, list[str], dict[str, float]]:
+    """Keep the most sensitive layers in FP32 until the static model's F1 reaches min_f1.
+
+    A group's sensitivity is the mean squared logit error (against FP32, on calibration
+    data) when that group alone is quantized. Groups go back to FP32 most sensitive first;
+    after each, the model is rebuilt and its F1 measured. Returns (F1, groups kept in FP32,
+    sensitivity of each group). The model at `target` is the last one built.
+    """
+    nodes = quantizable_nodes(source, quantize_embeddings)
+    groups: dict[str, list[str]] = {}
+    for node in nodes:
+        groups.setdefault(node_group(node.name), []).append(node.name)
+    all_names = [node.name for node in nodes]
+    sensitivity = {}
+    for group, names in groups.items():
+        progress(f"sensitivity of {group}")
+        others = [n for n in all_names if n not in names]
+        quantize_static_qdq(source, target, reader, method, quantize_embeddings, others)
+        sensitivity[group] = logit_error(target)
+    kept: list[str] = []
+    f1 = -1.0
+    for group in sorted(groups, key=lambda g: -sensitivity[g]):
+        kept.append(group)
+        progress(f"FP32: {', '.join(kept)}")
+        excluded = [n for g in kept for n in groups[g]]
+        quantize_static_qdq(source, target, reader, method, quantize_embeddings, excluded)
+        f1 = f1_of(target)
+        if f1 >= min_f1 or len(kept) == len(groups):
+            break
+    return f1, kept, sensitivity
+
+
+def mean_squared_logit_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.mean((reference - actual) ** 2))
