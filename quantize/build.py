@@ -67,7 +67,7 @@ class Built:
     files: dict[str, Path]  # name in the artifact folder -> file or folder to copy there
     backend: str
     precision: str
-    runtime: Backend | None  # None: built but cannot run here
+    runtime: Backend  # what serves the artifact; its valid F1 is the verdict's
     details: dict = field(default_factory=dict)
 
 
@@ -104,17 +104,22 @@ def quantize(config: QuantizeConfig, fresh: bool) -> int:
     console.print(f"[bold]quantize[/]: {len(sources)} model(s) from {run_dir}; F1 checks on "
                   f"{len(splits['valid'])} valid sentences; budget: at most "
                   f"{100 * config.max_f1_drop:g}% relative F1 drop against FP32 ONNX")
-    gpu = [v for v in config.variants if v in GPU_VARIANTS]
-    if gpu and not torch.cuda.is_available():
-        console.print(f"[yellow]no CUDA device[/]: skipping {', '.join(gpu)}; building the CPU "
-                      "artifacts")
+    variants = list(config.variants)
+    gpu = [v for v in variants if v in GPU_VARIANTS]
+    if gpu:
+        from quantize.tensorrt_build import tensorrt_available
+
+        available, reason = tensorrt_available()
+        if not available:
+            console.print(f"[yellow]skipping {', '.join(gpu)}[/]: {reason}", soft_wrap=True)
+            variants = [v for v in variants if v not in GPU_VARIANTS]
     rows = []
     for name, folder in sources:
         model, tokenizer, labels, manifest, encoder = load_stage_model(
             folder, manifest_stage(folder), HINT)
         source = Source(name, folder, model.eval(), tokenizer, labels, manifest, encoder,
                         run_dir / ".quantize-work" / name)
-        rows += quantize_model(source, config, splits, run_dir / "quantized", fresh)
+        rows += quantize_model(source, config, variants, splits, run_dir / "quantized", fresh)
     print_summary(rows, run_dir / "quantized")
     return 0
 
@@ -143,8 +148,8 @@ def manifest_stage(folder: Path) -> str:
     return read_json(folder / MANIFEST).get("stage", "teacher")
 
 
-def quantize_model(source: Source, config: QuantizeConfig, splits: dict[str, list[Sentence]],
-                   out_root: Path, fresh: bool) -> list[dict]:
+def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
+                   splits: dict[str, list[Sentence]], out_root: Path, fresh: bool) -> list[dict]:
     source.work.mkdir(parents=True, exist_ok=True)
     base_id = fingerprint([source.fingerprint, as_dict(config) | {"models": None}])
     console.print(f"\n[bold]{source.name}[/] ({source.folder})")
@@ -167,9 +172,7 @@ def quantize_model(source: Source, config: QuantizeConfig, splits: dict[str, lis
     min_f1 = reference * (1 - config.max_f1_drop)
 
     rows = []
-    for variant in config.variants:
-        if variant in GPU_VARIANTS and not torch.cuda.is_available():
-            continue
+    for variant in variants:
         out_dir = out_root / f"{source.name}-{variant}"
         config_id = fingerprint([base_id, variant])
         manifest_path = out_dir / MANIFEST
@@ -182,8 +185,6 @@ def quantize_model(source: Source, config: QuantizeConfig, splits: dict[str, lis
         with console.status(f"  building {variant}"):
             built = build_variant(variant, source, config, plain, splits, min_f1,
                                   parity=parity, reference=reference)
-        if built is None:
-            continue
         valid = evaluate(built.runtime, source, splits["valid"], config)
         test = evaluate(built.runtime, source, splits["test"], config)
         manifest = publish(out_dir, built, source, config, config_id, valid, test, reference,
@@ -204,7 +205,7 @@ def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
 
 
 def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: Path,
-                  splits: dict, min_f1: float, parity, reference: float) -> Built | None:
+                  splits: dict, min_f1: float, parity, reference: float) -> Built:
     work = source.work
     shape = source.model.config
     if variant == "onnx-fp32":

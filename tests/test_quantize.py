@@ -1,0 +1,253 @@
+"""Quantize stage: FP32 export parity, QDQ structure, calibration data, budget verdicts, and the
+stage end to end on a tiny teacher trained on a CoNLL-2003 slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+from edgener.data import Sentence
+from edgener.encoding import Encoder
+from edgener.runtime import OnnxBackend, torch_backend, word_logits
+from edgener.tags import split_tag
+from quantize import ort_quant
+from quantize.build import Source, calibration_reader
+from quantize.config import QuantizeConfig
+from quantize.onnx_export import compare, export_onnx
+from tests.conftest import run_module
+from tests.test_teacher import tiny_args
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+TRAIN_WORDS = [["Alice", "lives", "in", "Paris", "."], ["Bob", "visited", "New", "York", "today"],
+               ["the", "cat", "sat", "on", "the", "mat", "in", "Rome"]] * 4
+CPU_VARIANTS = "variants=[onnx-fp32,ort-fp32,ort-int8-dynamic,ort-int8-static,trt-fp16]"
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_bert) -> tuple[BertForTokenClassification, Encoder]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    config = BertConfig.from_pretrained(tiny_bert, num_labels=len(LABELS))
+    torch.manual_seed(0)
+    model = BertForTokenClassification(config).eval()
+    return model, Encoder(tokenizer, LABELS, max_length=16, window_overlap=4,
+                          case_features=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_classifier, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(tiny_classifier[0], path, opset=17)
+    return path
+
+
+@pytest.fixture(scope="module")
+def static_qdq(exported, tiny_classifier) -> Path:
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    target = exported.with_name("static.onnx")
+    ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=True)
+    return target
+
+
+def test_fp32_export_matches_pytorch(tiny_classifier, exported):
+    model, encoder = tiny_classifier
+    # A long sentence too, so that windows with padding and overlap are compared.
+    sentences = [*TRAIN_WORDS[:3], ["word"] * 40]
+    parity = compare(torch_backend(model), OnnxBackend(exported), encoder, sentences, LABELS, 4)
+    assert parity.sentences == 4
+    assert parity.max_abs_diff <= 1e-4
+    assert parity.tag_mismatches == 0
+    assert parity.ok(1e-4)
+    assert not parity.ok(-1.0)
+
+
+def test_every_static_matmul_has_symmetric_int8_per_channel_weights(static_qdq):
+    model = onnx.load(str(static_qdq))
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    weighted = [n for n in matmuls if n.input[1] in producers
+                and producers[n.input[1]].op_type == "DequantizeLinear"
+                and producers[n.input[1]].input[0] in initializers]
+    # Two layers of six weight matrices, plus the classifier.
+    assert len(weighted) == 13
+    for node in weighted:
+        dequantize = producers[node.input[1]]
+        weight = initializers[dequantize.input[0]]
+        scale = initializers[dequantize.input[1]]
+        zero_point = initializers[dequantize.input[2]]
+        assert weight.dtype == np.int8, node.name
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+        assert scale.shape == (weight.shape[1],), node.name  # one scale per output channel
+    # Activations too: symmetric int8, zero point 0.
+    activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear"
+                   and n.input[0] not in initializers]
+    assert activations
+    for node in activations:
+        zero_point = initializers[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    assert ort_quant.float_ops(static_qdq) == {}
+
+
+def test_embeddings_stay_fp32_when_asked(exported, tiny_classifier, tmp_path):
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    target = tmp_path / "static.onnx"
+    ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False)
+    assert ort_quant.float_ops(target) == {"Gather": 3}  # word, position, token type tables
+    assert ort_quant.float_ops(exported) == {"Gather": 3, "MatMul": 13}
+
+
+def test_static_model_is_smaller_and_decodes_valid_tags(static_qdq, exported, tiny_classifier):
+    _, encoder = tiny_classifier
+    fp32 = word_logits(OnnxBackend(exported), encoder, TRAIN_WORDS[:3], 4)
+    int8 = word_logits(OnnxBackend(static_qdq), encoder, TRAIN_WORDS[:3], 4)
+    from edgener.decoding import constrained_decode
+
+    for reference, logits in zip(fp32, int8, strict=True):
+        assert logits.shape == reference.shape
+        # Random weights give small logits; int8 stays within a tenth of their spread.
+        assert np.abs(logits - reference).max() < 0.1 * (np.ptp(reference) + 1e-6) + 0.05
+        tags = constrained_decode(logits, LABELS)
+        for previous, tag in zip(["O", *tags], tags, strict=False):
+            prefix, kind = split_tag(tag)
+            if prefix == "I":
+                assert previous != "O" and split_tag(previous)[1] == kind
+    assert static_qdq.stat().st_size < 0.5 * exported.stat().st_size
+
+
+def test_calibration_reads_train_only(tiny_classifier):
+    model, encoder = tiny_classifier
+
+    def sentences(marker: str, n: int) -> list[Sentence]:
+        return [Sentence([marker, "word"], ["O", "O"]) for _ in range(n)]
+
+    splits = {"train": sentences("apple", 20), "valid": sentences("zebra", 5),
+              "test": sentences("violin", 5)}
+    source = Source("tiny", Path("."), model, encoder.tokenizer, LABELS, {}, encoder, Path("."))
+    reader = calibration_reader(source, QuantizeConfig(calibration_sentences=8), splits)
+    assert reader.sentences == 8
+    seen = {int(i) for batch in reader.batches for i in batch["input_ids"].ravel()}
+    token = {word: encoder.tokenizer.convert_tokens_to_ids(word)
+             for word in ("apple", "zebra", "violin")}
+    assert token["apple"] in seen
+    assert token["zebra"] not in seen and token["violin"] not in seen
+
+
+def test_node_groups_follow_encoder_layers():
+    assert ort_quant.node_group("/bert/encoder/layer.3/attention/self/query/MatMul") == "layer.3"
+    assert ort_quant.node_group("/bert/embeddings/word_embeddings/Gather") == "embeddings"
+    assert ort_quant.node_group("/classifier/MatMul") == "head"
+
+
+# End to end on a tiny teacher -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert, conll_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("quantize")
+    result = run_module("teacher", *tiny_args(tiny_bert, conll_dir, "q", "epochs=1",
+                                              "threads=1"), cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir
+
+
+def quantize_args(conll_dir: Path, *extra: str) -> list[str]:
+    return ["run=q", f"data_dir={conll_dir.parent}", "eval_limit=60",
+            "calibration_sentences=32", "threads=1", *extra]
+
+
+@pytest.mark.slow
+def test_stage_builds_and_judges_cpu_artifacts(tiny_run, conll_dir):
+    result = run_module("quantize", *quantize_args(conll_dir, CPU_VARIANTS), cwd=tiny_run)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if not torch.cuda.is_available():
+        assert "skipping trt-fp16: no CUDA device" in result.stdout
+    out = tiny_run / "runs" / "q" / "quantized"
+    manifests = {p.name: json.loads((p / "manifest.json").read_text()) for p in out.iterdir()
+                 if (p / "manifest.json").is_file()}
+    assert sorted(manifests) == ["teacher-onnx-fp32", "teacher-ort-fp32",
+                                 "teacher-ort-int8-dynamic", "teacher-ort-int8-static"]
+    reference = manifests["teacher-onnx-fp32"]["valid_f1"]
+    for name, manifest in manifests.items():
+        for key in ("backend", "precision", "valid_f1", "reference_valid_f1", "size_mb",
+                    "within_budget", "source"):
+            assert key in manifest, (name, key)
+        assert manifest["reference_valid_f1"] == reference
+        assert manifest["within_budget"] == (manifest["valid_f1"] >= reference * 0.99)
+        assert (out / name / "model.onnx").is_file() and (out / name / "labels.json").is_file()
+        # The recorded F1 is what the artifact really gives through ONNX Runtime.
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["valid"]["f1"] == manifest["valid_f1"]
+    static = manifests["teacher-ort-int8-static"]
+    assert static["calibration"] == {"method": "minmax", "sentences": 32, "split": "train"}
+    assert static["size_mb"] < 0.5 * manifests["teacher-onnx-fp32"]["size_mb"]
+    assert manifests["teacher-ort-fp32"]["fused_ops"]["Attention"] == 2
+    assert manifests["teacher-onnx-fp32"]["parity"]["max_abs_logit_diff"] <= 1e-4
+    for name in manifests:
+        assert name in result.stdout
+
+
+@pytest.mark.slow
+def test_artifact_over_budget_is_reported_and_kept(tiny_run, conll_dir, monkeypatch, capsys):
+    """A planted artifact whose logits are noise misses the budget; the summary says so."""
+    from quantize import build
+
+    real_build = build.build_variant
+
+    def planted(variant, *args, **kwargs):
+        built = real_build(variant, *args, **kwargs)
+        if variant == "ort-int8-dynamic":
+            rng = np.random.default_rng(0)
+            built.runtime = lambda batch: rng.normal(
+                size=(*batch["input_ids"].shape, 9)).astype(np.float32)
+        return built
+
+    monkeypatch.chdir(tiny_run)
+    monkeypatch.setattr(build, "build_variant", planted)
+    assert build.main([*quantize_args(conll_dir, "variants=[onnx-fp32,ort-int8-dynamic]",
+                                      "run=q", "runs_dir=runs"), "--fresh"]) == 0
+    out = capsys.readouterr().out
+    assert "OVER BUDGET" in out and "1 artifact(s) over budget: teacher-ort-int8-dynamic" in out
+    manifest = json.loads((tiny_run / "runs/q/quantized/teacher-ort-int8-dynamic/manifest.json")
+                          .read_text())
+    assert manifest["within_budget"] is False
+    assert manifest["valid_f1"] < manifest["reference_valid_f1"] * 0.99
+
+
+@pytest.mark.slow
+def test_sensitivity_fallback_keeps_layers_in_fp32(tiny_run, conll_dir):
+    """An impossible budget for the static path sends every group back to FP32, most
+    sensitive first, and records which."""
+    result = run_module("quantize", *quantize_args(conll_dir, "variants=[ort-int8-static]",
+                                                   "static_max_f1_drop=-1.0"), cwd=tiny_run)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((tiny_run / "runs/q/quantized/teacher-ort-int8-static/manifest.json")
+                          .read_text())
+    fallback = manifest["fallback"]
+    groups = {"embeddings", "layer.0", "layer.1", "head"}
+    assert set(fallback["sensitivity"]) == groups
+    assert set(fallback["fp32_groups"]) == groups
+    sensitivities = [fallback["sensitivity"][g] for g in fallback["fp32_groups"]]
+    assert sensitivities == sorted(sensitivities, reverse=True)
+    assert manifest["fp32_ops"] == {"Gather": 3, "MatMul": 13}
+
+
+@pytest.mark.slow
+def test_failed_parity_stops_the_stage(tiny_run, conll_dir):
+    result = run_module("quantize", *quantize_args(conll_dir, "variants=[onnx-fp32]",
+                                                   "parity_atol=-1", "run=q"), cwd=tiny_run)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "does not match PyTorch" in result.stdout and "max |logit difference|" in result.stdout
+
+
+def test_missing_teacher_says_which_command(tmp_path):
+    result = run_module("quantize", "run=none", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "make teacher" in result.stdout and "Traceback" not in result.stderr
