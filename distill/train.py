@@ -147,7 +147,8 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                 metrics |= {"params": shape["params"], "teacher_test_f1": teacher_test_f1,
                             "wall_time_s": result.wall_time_s, "steps": result.steps,
                             "epochs": config.epochs, "best_epoch": result.best_epoch,
-                            "history": result.history, "seed": config.seed}
+                            "history": result.history, "seed": config.seed,
+                            "processes": processes.world_size}
                 manifest = make_manifest(
                     "student",
                     config_fingerprint=config_id,

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,7 +36,7 @@ from distill.students import (
 )
 from distill.train import print_students
 from edgener.encoding import IGNORE_INDEX, Window, collate
-from tests.conftest import run_module
+from tests.conftest import module_env, run_module
 from tests.test_teacher import tiny_args
 
 PAD, CLS, SEP = 0, 1, 2
@@ -485,3 +489,63 @@ def test_missing_teacher_is_one_clear_line(tmp_path, conll_dir):
     assert len(lines) == 1, result.stdout
     assert "make teacher" in lines[0]
     assert not (tmp_path / "runs" / "none" / "students").exists()
+
+
+def one_student_args(workdir: Path, conll_dir: Path, run: str, *extra: str) -> list[str]:
+    return [*distill_args(workdir, conll_dir, run), "only=[S1]", "baselines=false", *extra]
+
+
+@pytest.fixture
+def teacher_copy(distill_run, tmp_path) -> Path:
+    """A fresh work folder holding the tiny teacher (run 'd') and nothing else."""
+    workdir, _ = distill_run
+    shutil.copytree(workdir / "runs" / "d" / "teacher", tmp_path / "runs" / "d" / "teacher")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_unlabeled_text_adds_soft_labelled_windows(teacher_copy, conll_dir):
+    text = teacher_copy / "extra.txt"
+    text.write_text("Angela Merkel met Emmanuel Macron in Paris.\n\n"
+                    "Shares of Siemens rose 3% on Tuesday.\nZürich is lovely 🙂 in May\n",
+                    encoding="utf-8")
+    result = run_module("distill", *one_student_args(teacher_copy, conll_dir, "d",
+                                                     f"unlabeled_text={text}"),
+                        cwd=teacher_copy)
+    assert_exit_0(result)
+    assert "+ 3 unlabeled windows" in result.stdout  # the blank line is skipped
+    manifest = read(teacher_copy / "runs/d/students/S1/manifest.json")
+    assert manifest["unlabeled_windows"] == 3
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(teacher_copy, conll_dir):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29519")
+    result = run_module("distill", *one_student_args(teacher_copy, conll_dir, "d"),
+                        cwd=teacher_copy, launcher=launcher)
+    assert_exit_0(result)
+    metrics = read(teacher_copy / "runs/d/students/S1/metrics.json")
+    assert metrics["processes"] == 2
+    assert 0.0 <= metrics["test"]["f1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_killed_distillation_resumes(teacher_copy, conll_dir):
+    args = one_student_args(teacher_copy, conll_dir, "d")
+    checkpoint = teacher_copy / "runs/d/.students-work/S1/checkpoint.pt"
+    process = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=teacher_copy,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=module_env())
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "distillation ended before it could be killed"
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (teacher_copy / "runs/d/students/S1").exists()
+
+    resumed = run_module("distill", *args, cwd=teacher_copy)
+    assert_exit_0(resumed)
+    assert "resuming" in resumed.stdout
+    assert (teacher_copy / "runs/d/students/S1/model.safetensors").is_file()
