@@ -24,6 +24,7 @@ Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections import Counter
@@ -247,6 +248,9 @@ def build(source: Source, config: QuantizeConfig, splits: dict, min_f1: float,
     from neural_compressor.torch.quantization import TuningConfig, autotune
     from neural_compressor.torch.quantization import quantize as inc_quantize
 
+    # INC sets its logger to INFO on import and prints every config it tries; the stage
+    # reports each trial itself.
+    logging.getLogger("neural_compressor").setLevel(logging.ERROR)
     seconds: dict[str, float] = {}
     started = time.time()
     encoder = source.encoder
