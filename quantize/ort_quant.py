@@ -94,23 +94,31 @@ def float_weights(model: onnx.ModelProto) -> set[str]:
             if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2}
 
 
-def weight_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes that read an FP32 weight matrix directly: MatMul/Gemm on a weight, and
-    embedding Gathers (a DequantizeLinear in between means the weight is int8)."""
-    weights = float_weights(model)
-
-    def reads_weight(node: onnx.NodeProto) -> bool:
-        if node.op_type in ("MatMul", "Gemm"):
-            return len(node.input) > 1 and node.input[1] in weights
-        return node.op_type == "Gather" and node.input[0] in weights
-
-    return [node for node in model.graph.node if reads_weight(node)]
-
-
 def quantizable_nodes(path: Path, quantize_embeddings: bool) -> list[onnx.NodeProto]:
-    """The nodes static quantization touches: MatMuls on a weight, and embedding Gathers."""
-    nodes = weight_nodes(onnx.load(str(path)))
-    return [n for n in nodes if quantize_embeddings or n.op_type != "Gather"]
+    """The nodes static quantization touches: every MatMul/Gemm (on a weight, or the two
+    attention products) and, with quantize_embeddings, the embedding-table Gathers."""
+    model = onnx.load(str(path))
+    weights = float_weights(model)
+    return [node for node in model.graph.node
+            if node.op_type in ("MatMul", "Gemm")
+            or (quantize_embeddings and node.op_type == "Gather" and node.input[0] in weights)]
+
+
+def float_ops(path: Path) -> dict[str, int]:
+    """Operators that still compute in FP32, by type: MatMul/Gemm not fed by
+    DequantizeLinear on both operands, and Gathers on an FP32 embedding table."""
+    model = onnx.load(str(path))
+    weights = float_weights(model)
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear"
+                   for out in node.output}
+    counts: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            if not all(name in dequantized for name in node.input[:2]):
+                counts[node.op_type] += 1
+        elif node.op_type == "Gather" and node.input[0] in weights:
+            counts["Gather"] += 1
+    return dict(counts)
 
 
 def node_group(node_name: str) -> str:
@@ -119,12 +127,6 @@ def node_group(node_name: str) -> str:
     if match:
         return f"layer.{match.group(1)}"
     return "embeddings" if "embeddings" in node_name else "head"
-
-
-def float_ops(path: Path) -> dict[str, int]:
-    """Weight-bearing operators that still compute in FP32, by type (none in a fully
-    quantized QDQ model)."""
-    return dict(Counter(node.op_type for node in weight_nodes(onnx.load(str(path)))))
 
 
 def sensitivity_fallback(

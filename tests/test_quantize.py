@@ -100,7 +100,8 @@ def test_embeddings_stay_fp32_when_asked(exported, tiny_classifier, tmp_path):
     target = tmp_path / "static.onnx"
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False)
     assert ort_quant.float_ops(target) == {"Gather": 3}  # word, position, token type tables
-    assert ort_quant.float_ops(exported) == {"Gather": 3, "MatMul": 13}
+    # 13 MatMuls on weights and 2 attention products a layer.
+    assert ort_quant.float_ops(exported) == {"Gather": 3, "MatMul": 17}
 
 
 def test_static_model_is_smaller_and_decodes_valid_tags(static_qdq, exported, tiny_classifier):
@@ -240,7 +241,7 @@ def test_sensitivity_fallback_keeps_layers_in_fp32(tiny_run, conll_dir):
     assert set(fallback["fp32_groups"]) == groups
     sensitivities = [fallback["sensitivity"][g] for g in fallback["fp32_groups"]]
     assert sensitivities == sorted(sensitivities, reverse=True)
-    assert manifest["fp32_ops"] == {"Gather": 3, "MatMul": 13}
+    assert manifest["fp32_ops"] == {"Gather": 3, "MatMul": 17}
 
 
 @pytest.mark.slow
