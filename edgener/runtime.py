@@ -22,6 +22,21 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+class TokenLogits(torch.nn.Module):
+    """A Hugging Face token classifier with positional inputs and bare logits: the plain
+    signature (input_ids, attention_mask, token_type_ids) -> logits that torch.export,
+    neural-compressor and TensorRT programs share, free of transformers' output classes."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).logits
+
+
 def torch_backend(model: torch.nn.Module, device: torch.device | str = "cpu") -> Backend:
     """A PyTorch token classifier as a backend (eval mode, no gradients)."""
 

@@ -38,7 +38,7 @@ import torch._dynamo
 import torch._inductor.config
 
 from edgener.artifacts import ArtifactError
-from edgener.runtime import MODEL_INPUTS, score
+from edgener.runtime import MODEL_INPUTS, TokenLogits, score
 from edgener.training import console
 from quantize.build import Built, Source, calibration_reader
 from quantize.config import QuantizeConfig
@@ -51,21 +51,6 @@ if TYPE_CHECKING:
 COMPUTE_OPS = ("linear", "matmul", "bmm", "mm", "addmm", "baddbmm", "conv1d", "conv2d",
                "scaled_dot_product_attention", "embedding")
 EXAMPLE_SHAPE = (2, 8)  # export and save trace with it; 0 or 1 would pin a dimension
-
-
-class TokenLogits(torch.nn.Module):
-    """A Hugging Face token classifier with positional inputs and bare logits, so that the
-    exported program's signature is (input_ids, attention_mask, token_type_ids) -> logits
-    and a runtime needs nothing of transformers' output classes."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).logits
 
 
 def example_inputs(pad_id: int = 0) -> tuple[torch.Tensor, ...]:

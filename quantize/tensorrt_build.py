@@ -32,7 +32,7 @@ import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.config import ConfigError
-from edgener.runtime import MODEL_INPUTS
+from edgener.runtime import MODEL_INPUTS, TokenLogits
 from quantize import ort_quant
 from quantize.build import Built, Source
 from quantize.config import GPU_VARIANTS, QuantizeConfig
@@ -134,20 +134,6 @@ def build(variant: str, source: Source, config: QuantizeConfig, plain: Path, spl
     return build_int8(source, config, plain, splits, profile, out)
 
 
-class LogitsModule(torch.nn.Module):
-    """The token classifier with positional tensor inputs and the logits tensor as output:
-    the plain signature that torch.export, TensorRT and a reloaded program share."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).logits
-
-
 def dynamic_shapes(profile: ShapeProfile) -> dict:
     """torch.export dynamic_shapes for the three inputs: batch and sequence shared by all,
     with the profile's bounds; an axis whose min equals its max stays static."""
@@ -178,7 +164,7 @@ def export_program(model: torch.nn.Module, profile: ShapeProfile,
     # additive bias, which TensorRT converts as is.
     model.config._attn_implementation = "eager"
     with torch.no_grad():
-        return torch.export.export(LogitsModule(model),
+        return torch.export.export(TokenLogits(model),
                                    example_inputs(profile, device),
                                    dynamic_shapes=dynamic_shapes(profile), strict=False)
 
