@@ -36,26 +36,26 @@ def no_data_dir_env(monkeypatch, tmp_path):
 
 def test_space_separated_columns(tmp_path):
     path = write(
-        tmp_path / "a.txt", "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n"
+        tmp_path / "a.txt", "ACME B-ORG\nhires O\nDutch B-MISC\n\nMaria B-PER\nLopez I-PER\n"
     )
     assert words_and_tags(read_conll(path)) == [
-        (["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"]),
-        (["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+        (["ACME", "hires", "Dutch"], ["B-ORG", "O", "B-MISC"]),
+        (["Maria", "Lopez"], ["B-PER", "I-PER"]),
     ]
 
 
 def test_tab_and_mixed_separators(tmp_path):
-    path = write(tmp_path / "a.txt", "EU\tB-ORG\nrejects \t O\n  German\t\tB-MISC\n")
+    path = write(tmp_path / "a.txt", "ACME\tB-ORG\nhires \t O\n  Dutch\t\tB-MISC\n")
     assert words_and_tags(read_conll(path)) == [
-        (["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"]),
+        (["ACME", "hires", "Dutch"], ["B-ORG", "O", "B-MISC"]),
     ]
 
 
 def test_token_first_tag_last_with_middle_columns(tmp_path):
-    text = "EU NNP B-NP B-ORG\nrejects\tVBZ\tB-VP\tO\ncall NN I-NP extra O\n"
+    text = "ACME NNP B-NP B-ORG\nhires\tVBZ\tB-VP\tO\nstaff NN I-NP extra O\n"
     path = write(tmp_path / "a.txt", text)
     assert words_and_tags(read_conll(path)) == [
-        (["EU", "rejects", "call"], ["B-ORG", "O", "O"]),
+        (["ACME", "hires", "staff"], ["B-ORG", "O", "O"]),
     ]
 
 
@@ -63,9 +63,9 @@ def test_docstart_lines_are_skipped_and_end_a_sentence(tmp_path):
     lines = [
         "-DOCSTART- -X- -X- O",
         "",
-        "EU B-ORG",
+        "ACME B-ORG",
         "-DOCSTART- O",
-        "Peter B-PER",
+        "Maria B-PER",
         "",
         "-DOCSTART-",
         "Paris B-LOC",
@@ -73,37 +73,37 @@ def test_docstart_lines_are_skipped_and_end_a_sentence(tmp_path):
     text = "\n".join(lines) + "\n"
     path = write(tmp_path / "a.txt", text)
     assert words_and_tags(read_conll(path)) == [
-        (["EU"], ["B-ORG"]),
-        (["Peter"], ["B-PER"]),
+        (["ACME"], ["B-ORG"]),
+        (["Maria"], ["B-PER"]),
         (["Paris"], ["B-LOC"]),
     ]
 
 
 def test_blank_and_whitespace_only_lines_separate_sentences(tmp_path):
-    text = "\n\nEU B-ORG\n   \nrejects O\n\t\n\n \t \nPeter B-PER\nBlackburn I-PER\n\n\n"
+    text = "\n\nACME B-ORG\n   \nhires O\n\t\n\n \t \nMaria B-PER\nLopez I-PER\n\n\n"
     path = write(tmp_path / "a.txt", text)
     assert words_and_tags(read_conll(path)) == [
-        (["EU"], ["B-ORG"]),
-        (["rejects"], ["O"]),
-        (["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+        (["ACME"], ["B-ORG"]),
+        (["hires"], ["O"]),
+        (["Maria", "Lopez"], ["B-PER", "I-PER"]),
     ]
 
 
 def test_crlf_line_endings(tmp_path):
-    path = write(tmp_path / "a.txt", b"EU B-ORG\r\nrejects O\r\n\r\nPeter B-PER\r\n")
+    path = write(tmp_path / "a.txt", b"ACME B-ORG\r\nhires O\r\n\r\nMaria B-PER\r\n")
     assert words_and_tags(read_conll(path)) == [
-        (["EU", "rejects"], ["B-ORG", "O"]),
-        (["Peter"], ["B-PER"]),
+        (["ACME", "hires"], ["B-ORG", "O"]),
+        (["Maria"], ["B-PER"]),
     ]
 
 
 def test_file_without_trailing_newline_keeps_last_sentence(tmp_path):
-    path = write(tmp_path / "a.txt", "EU B-ORG\n\nPeter B-PER\nBlackburn I-PER")
-    assert words_and_tags(read_conll(path))[-1] == (["Peter", "Blackburn"], ["B-PER", "I-PER"])
+    path = write(tmp_path / "a.txt", "ACME B-ORG\n\nMaria B-PER\nLopez I-PER")
+    assert words_and_tags(read_conll(path))[-1] == (["Maria", "Lopez"], ["B-PER", "I-PER"])
 
 
 def test_sentences_record_source_line_numbers(tmp_path):
-    text = "-DOCSTART- -X- O\n\nEU B-ORG\nrejects O\n  \nPeter B-PER\n"
+    text = "-DOCSTART- -X- O\n\nACME B-ORG\nhires O\n  \nMaria B-PER\n"
     path = write(tmp_path / "a.txt", text)
     assert [s.lines for s in read_conll(path)] == [[3, 4], [6]]
 
@@ -119,11 +119,11 @@ def test_all_tag_prefixes_and_utf8_words_accepted(tmp_path):
 
 
 def test_one_column_line_names_file_and_line(tmp_path):
-    path = write(tmp_path / "bad.txt", "EU B-ORG\n\nrejects O\nGerman\ncall O\n")
+    path = write(tmp_path / "bad.txt", "ACME B-ORG\n\nhires O\nDutch\nstaff O\n")
     with pytest.raises(DataError) as info:
         read_conll(path)
     assert f"{path}:4:" in str(info.value)
-    assert "German" in str(info.value)
+    assert "Dutch" in str(info.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"   \n\t\n\n  ", b"\n"])
@@ -145,8 +145,8 @@ def test_file_with_only_docstart_lines(tmp_path):
     ("content", "line"),
     [
         (b"\xff O\n", 1),
-        (b"EU B-ORG\n\nrejects O\nGer\xffman B-MISC\n", 4),
-        (b"EU B-ORG\nrejects O\n\n\xc3 O\n", 4),
+        (b"ACME B-ORG\n\nhires O\nDu\xfftch B-MISC\n", 4),
+        (b"ACME B-ORG\nhires O\n\n\xc3 O\n", 4),
     ],
 )
 def test_undecodable_bytes_name_file_and_line(tmp_path, content, line):
@@ -158,7 +158,7 @@ def test_undecodable_bytes_name_file_and_line(tmp_path, content, line):
 
 @pytest.mark.parametrize("bad_tag", ["B_PER", "X-LOC", "B-", "per", "O-PER"])
 def test_malformed_tag_names_file_line_and_tag(tmp_path, bad_tag):
-    text = f"-DOCSTART- -X- O\n\nEU B-ORG\nrejects O\n\nPeter {bad_tag}\n"
+    text = f"-DOCSTART- -X- O\n\nACME B-ORG\nhires O\n\nMaria {bad_tag}\n"
     path = write(tmp_path / "tags.txt", text)
     with pytest.raises(DataError) as info:
         read_conll(path)
@@ -175,12 +175,12 @@ def test_data_error_is_a_value_error():
 TRAIN = (
     "-DOCSTART- -X- -X- O\n"
     "\n"
-    "Peter B-PER\n"
-    "Blackburn I-PER\n"
+    "Maria B-PER\n"
+    "Lopez I-PER\n"
     "visits O\n"
     "Paris B-LOC\n"
     "\n"
-    "German B-MISC\n"
+    "Dutch B-MISC\n"
     "Open I-MISC\n"
 )
 VALID = "Anna B-PER\nin O\nRome B-LOC\n"
@@ -206,8 +206,8 @@ def test_load_dataset_by_folder_path(tmp_path):
     dataset = load_dataset(str(folder))
     assert dataset.labels == TRAIN_LABELS
     assert words_and_tags(dataset.split("train")) == [
-        (["Peter", "Blackburn", "visits", "Paris"], ["B-PER", "I-PER", "O", "B-LOC"]),
-        (["German", "Open"], ["B-MISC", "I-MISC"]),
+        (["Maria", "Lopez", "visits", "Paris"], ["B-PER", "I-PER", "O", "B-LOC"]),
+        (["Dutch", "Open"], ["B-MISC", "I-MISC"]),
     ]
     assert words_and_tags(dataset.split("valid")) == [
         (["Anna", "in", "Rome"], ["B-PER", "O", "B-LOC"]),

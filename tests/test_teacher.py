@@ -141,7 +141,7 @@ def test_bad_data_is_one_clear_line(tmp_path, tiny_bert):
     data = tmp_path / "bad"
     data.mkdir()
     for split in ("train", "valid", "test"):
-        (data / f"{split}.txt").write_text("EU B-ORG\nrejects\n")
+        (data / f"{split}.txt").write_text("ACME B-ORG\nhires\n")
     result = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
                         f"dataset={data}", cwd=tmp_path)
     assert result.returncode == 2
