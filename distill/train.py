@@ -29,7 +29,7 @@ from edgener.artifacts import (
 )
 from edgener.backbone import load_stage_model
 from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
-from edgener.data import load_dataset
+from edgener.data import load_dataset, recorded_dataset
 from edgener.encoding import Window
 from edgener.text import split_words
 from edgener.training import (
@@ -79,9 +79,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     log(f"[bold]distill[/]: preset [cyan]{preset}[/]; teacher {describe_model(teacher)['layers']}"
         f" layers x {teacher.config.hidden_size}, test F1 {teacher_test_f1:.4f}")
 
-    recorded = teacher_manifest["dataset"]
-    teacher_data = recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
-    dataset = load_dataset(config.dataset or teacher_data, config.data_dir)
+    dataset = load_dataset(config.dataset or recorded_dataset(teacher_manifest), config.data_dir)
     if dataset.labels != labels:
         raise ConfigError(f"dataset {dataset.source} has labels {dataset.labels}, but the "
                           f"teacher was trained on {labels}")

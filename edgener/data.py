@@ -140,6 +140,13 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     return Dataset(dataset, source, labels, splits, {k: str(v) for k, v in files.items()})
 
 
+def recorded_dataset(manifest: dict) -> str:
+    """The dataset a published model was trained on, as load_dataset takes it: the recorded
+    folder while it still exists, else the recorded name (looked up under the data dir)."""
+    recorded = manifest["dataset"]
+    return recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
+
+
 def label_set(sentences: list[Sentence]) -> list[str]:
     """O, then B- and I- of every entity type in train (I-X even where train has only
     one-word X entities: a longer X elsewhere is no error), grouped by type."""

@@ -32,7 +32,7 @@ from edgener.artifacts import (
 )
 from edgener.backbone import load_stage_model
 from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
-from edgener.data import Sentence, load_dataset
+from edgener.data import Sentence, load_dataset, recorded_dataset
 from edgener.runtime import Backend, OnnxBackend, score, torch_backend, word_logits
 from edgener.training import console
 from quantize import ort_quant
@@ -54,6 +54,7 @@ class Source:
     manifest: dict
     encoder: object
     work: Path  # scratch files for this model
+    fused: tuple[Path, dict] | None = None  # ORT-fused graph and its fused-operator counts
 
     @property
     def fingerprint(self) -> str:
@@ -95,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 def quantize(config: QuantizeConfig, fresh: bool) -> int:
     run_dir = Path(config.runs_dir) / config.run
     sources = find_models(run_dir, config.models)
-    recorded = read_json(sources[0][1] / MANIFEST)["dataset"]
-    teacher_data = recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
-    dataset = load_dataset(config.dataset or teacher_data, config.data_dir)
+    recorded = recorded_dataset(read_json(sources[0][1] / MANIFEST))
+    dataset = load_dataset(config.dataset or recorded, config.data_dir)
     splits = {"train": dataset.split("train"),
               "valid": dataset.split("valid")[: config.eval_limit],
               "test": dataset.split("test")[: config.eval_limit]}
@@ -115,8 +115,8 @@ def quantize(config: QuantizeConfig, fresh: bool) -> int:
             variants = [v for v in variants if v not in GPU_VARIANTS]
     rows = []
     for name, folder in sources:
-        model, tokenizer, labels, manifest, encoder = load_stage_model(
-            folder, manifest_stage(folder), HINT)
+        stage = "teacher" if name == "teacher" else "student"
+        model, tokenizer, labels, manifest, encoder = load_stage_model(folder, stage, HINT)
         source = Source(name, folder, model.eval(), tokenizer, labels, manifest, encoder,
                         run_dir / ".quantize-work" / name)
         rows += quantize_model(source, config, variants, splits, run_dir / "quantized", fresh)
@@ -142,10 +142,6 @@ def find_models(run_dir: Path, names: list | None) -> list[tuple[str, Path]]:
         raise ConfigError(f"models: {', '.join(missing)} not found in {run_dir}; "
                           f"known: {', '.join(sorted(known))}")
     return [(n, f) for n, f in found if n in names]
-
-
-def manifest_stage(folder: Path) -> str:
-    return read_json(folder / MANIFEST).get("stage", "teacher")
 
 
 def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
@@ -215,8 +211,11 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
                                                       "tag_mismatches": parity.tag_mismatches,
                                                       "sentences": parity.sentences}})
     if variant in ("ort-fp32", "ort-int8-dynamic"):
-        fused = work / "fused.onnx"
-        fused_ops = ort_quant.fuse(plain, fused, shape.num_attention_heads, shape.hidden_size)
+        if source.fused is None:  # both variants start from the same fused graph
+            path = work / "fused.onnx"
+            source.fused = path, ort_quant.fuse(plain, path, shape.num_attention_heads,
+                                                shape.hidden_size)
+        fused, fused_ops = source.fused
         if variant == "ort-fp32":
             return Built({"model.onnx": fused}, "onnxruntime", "fp32",
                          OnnxBackend(fused, config.threads), {"graph": "fused",
