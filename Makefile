@@ -1,4 +1,5 @@
-# edge-ner: make all | make test | make teacher | make distill | make quantize  (QUICK=1: a quick slice)
+# edge-ner: make all | make test | make teacher | make distill | make quantize | make report
+# (QUICK=1: a quick slice)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,9 +12,9 @@ RUN ?= $(DATASET)$(if $(QUICK),-quick,)
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
 
-.PHONY: all install teacher distill quantize test lint clean
+.PHONY: all install teacher distill quantize report test lint clean
 
-all: teacher distill quantize
+all: teacher distill quantize report
 
 # The stamp is rebuilt when pyproject.toml changes, so a new dependency installs itself.
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +32,9 @@ distill: install
 
 quantize: install
 	$(PY) -m quantize $(if $(QUICK),--quick,) run=$(RUN) data_dir=$(DATA_DIR) $(ARGS)
+
+report: install
+	$(PY) -m bench.report $(if $(QUICK),--quick,) run=$(RUN) data_dir=$(DATA_DIR) $(ARGS)
 
 test: install
 	EDGE_NER_DATA_DIR=$(abspath $(DATA_DIR)) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgener.artifacts import ArtifactError
 from edgener.decoding import constrained_decode
 from edgener.encoding import Encoder, collate, eval_batches, gather_word_logits
 from edgener.metrics import entity_scores
@@ -53,13 +54,19 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile,
+                ort_errors.Fail) as error:
+            raise ArtifactError(f"ONNX Runtime cannot load {path} "
+                                f"({str(error).splitlines()[0]})") from error
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:

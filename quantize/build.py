@@ -58,7 +58,8 @@ class Source:
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["config_fingerprint"]
+        # The publication time too: a model retrained with the same config is new weights.
+        return fingerprint([self.manifest["config_fingerprint"], self.manifest["created"]])
 
 
 @dataclass

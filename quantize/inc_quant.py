@@ -7,7 +7,8 @@ through the kernels that will serve it, and tuning stops at the first trial with
 `max_f1_drop` (relative) of the FP32 graph or after `inc_max_trials`, keeping the best.
 
 The artifact is INC's PT2E save (an ExportedProgram and its qconfig.json); loading it needs
-torch, torchao and neural-compressor only, not this project's code (see `IncBackend`).
+torch, torchao and neural-compressor only, not this project's code (see
+`edgener.serving.IncBackend`).
 
 Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
   * the converted graph run as is computes in FP32 with fake quantize/dequantize steps;
@@ -16,7 +17,8 @@ Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
     option fails with UnsupportedOperatorException: onednn.qlinear_prepack.default);
   * compiling a 2-layer toy model took 8-20 s (up to ~50 s while the machine was busier);
     with dynamic=True it did not recompile across batch and sequence sizes, except for a
-    batch of one (0/1 specialisation, ~20 s more): hence the padding in `GraphBackend`;
+    batch of one (0/1 specialisation, ~20 s more): hence the padding in
+    `edgener.serving.GraphBackend`;
   * on a CPU without VNNI, oneDNN's u8 x s8 kernels saturate: the toy model's logits moved
     by ~6% of their scale (~40% untrained), against <1% (~4%) for the same graph run
     uncompiled. torchao advises reduce_range=True there, which INC 3.10 does not expose.
@@ -34,11 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch._dynamo
-import torch._inductor.config
 
 from edgener.artifacts import ArtifactError
 from edgener.runtime import MODEL_INPUTS, TokenLogits, score
+from edgener.serving import GraphBackend, IncBackend, is_quantized
 from edgener.training import console
 from quantize.build import Built, Source, calibration_reader
 from quantize.config import QuantizeConfig
@@ -93,59 +94,6 @@ def calibrate(model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]]) 
     with torch.no_grad():
         for batch in batches:
             model(*(torch.from_numpy(batch[name]) for name in MODEL_INPUTS))
-
-
-def is_quantized(model: torch.nn.Module) -> bool:
-    graph = getattr(model, "graph", None)
-    return graph is not None and any(
-        "quantize" in getattr(node.target, "_opname", "") for node in graph.nodes)
-
-
-class GraphBackend:
-    """An exported (and possibly quantized) graph as a backend; INT8 graphs are compiled."""
-
-    def __init__(self, model: torch.nn.Module, threads: int | None = None,
-                 compile: bool | None = None):
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = model
-        self.compiled = is_quantized(model) if compile is None else compile
-        self._run = torch.compile(model, dynamic=True) if self.compiled else model
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        rows, width = batch["input_ids"].shape
-        arrays = [np.asarray(batch[name]) for name in MODEL_INPUTS]
-        # A size of 1 makes dynamo specialise and compile again (~20 s): run a copy of the
-        # row, or a masked padding position, and drop it from the logits.
-        if rows < 2:
-            arrays = [np.repeat(a, 2, axis=0) for a in arrays]
-        if width < 2:
-            arrays = [np.pad(a, ((0, 0), (0, 1))) for a in arrays]
-        inputs = [torch.from_numpy(a) for a in arrays]
-        try:
-            # Freezing makes the weights constants, which is what lets inductor pack them
-            # for oneDNN's INT8 GEMMs; without it the compiled graph still runs FP32 GEMMs.
-            with torch.no_grad(), torch._inductor.config.patch(freezing=True):
-                logits = self._run(*inputs)
-        except torch._dynamo.exc.TorchDynamoException as error:
-            raise ArtifactError(f"neural-compressor: torch.compile of the INT8 graph failed "
-                                f"({type(error).__name__}: {str(error).splitlines()[0]})"
-                                ) from error
-        return logits[:rows, :width].float().numpy()
-
-
-class IncBackend(GraphBackend):
-    """A saved INC PT2E artifact (folder with quantized_weight.pt and qconfig.json)."""
-
-    def __init__(self, folder: str | Path, threads: int | None = None, compile: bool = True):
-        from neural_compressor.torch.quantization import load
-
-        try:
-            model = load(str(folder))
-        except (OSError, RuntimeError, ValueError) as error:
-            raise ArtifactError(f"neural-compressor: cannot load {folder} "
-                                f"({str(error).splitlines()[0]})") from error
-        super().__init__(model, threads, compile)
 
 
 def tuning_set() -> INT8StaticQuantConfig:

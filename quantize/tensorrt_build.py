@@ -27,53 +27,33 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.config import ConfigError
 from edgener.runtime import MODEL_INPUTS, TokenLogits
+from edgener.serving import (
+    PROGRAM_INPUT_DTYPE,
+    ShapeProfile,
+    TensorRTEngineBackend,
+    TorchTensorRTBackend,
+    trt_dtype_name,
+)
 from quantize import ort_quant
 from quantize.build import Built, Source
 from quantize.config import GPU_VARIANTS, QuantizeConfig
 
 PACKAGES = ("tensorrt", "torch_tensorrt")
 INSTALL_HINT = "pip install -e '.[tensorrt]'"
-# The compiled program takes int32 ids: TensorRT's index type, and every id, mask and
-# type value fits; the backend casts the runtime's int64 arrays.
-PROGRAM_INPUT_DTYPE = torch.int32
 # torch_tensorrt.dynamo.CompilationSettings fields set when the installed release has them.
 # Explicit typing makes TensorRT keep the FP16 the model is cast to (older releases default
 # to weak typing, where TensorRT may pick FP32 kernels); the SDPA converter's causal-bias
 # shortcut would be wrong for BERT's padding mask, should any attention reach it.
 WANTED_COMPILE_SETTINGS = {"use_explicit_typing": True, "attn_bias_is_causal": False}
-TRT_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
-              "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
-              "BOOL": torch.bool}
 
 
 class TensorRTBuildError(RuntimeError):
     """TensorRT could not parse or build a model."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ShapeProfile:
-    """The [batch, sequence] shapes an engine accepts (min to max), tuned for opt."""
-
-    min: tuple[int, int]
-    opt: tuple[int, int]
-    max: tuple[int, int]
-
-    def as_dict(self) -> dict:
-        return {"axes": ["batch", "sequence"], "min": list(self.min), "opt": list(self.opt),
-                "max": list(self.max)}
-
-    def example_shape(self) -> tuple[int, int]:
-        """A tracing shape inside the profile: torch.export specializes an axis traced at
-        size 1, so dynamic axes are traced at 2 or more."""
-        batch, length = (min(hi, max(opt, 2)) if hi > lo else lo
-                         for lo, opt, hi in zip(self.min, self.opt, self.max, strict=True))
-        return batch, length
 
 
 def shape_profile(config: QuantizeConfig, window_length: int,
@@ -272,19 +252,6 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: ShapeProfile) -> d
     return {tensor.name: trt_dtype_name(tensor.dtype) for tensor in io}
 
 
-def trt_dtype_name(dtype: object) -> str:
-    """'FLOAT' for trt.DataType.FLOAT (and for the plain string 'DataType.FLOAT')."""
-    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
-
-
-def torch_dtype(dtype: object) -> torch.dtype:
-    """The torch dtype of a TensorRT DataType (or its name)."""
-    name = trt_dtype_name(dtype)
-    if name not in TRT_DTYPES:
-        raise TypeError(f"no torch dtype for TensorRT {name}")
-    return TRT_DTYPES[name]
-
-
 def device_facts() -> dict:
     import tensorrt
     import torch_tensorrt
@@ -296,81 +263,3 @@ def device_facts() -> dict:
             "gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-class ProfiledBackend:
-    """A backend over an engine built for `profile`: batches larger than its max batch run
-    in slices, and a window longer than its max length is an error, not a crash on the
-    GPU."""
-
-    def __init__(self, profile: ShapeProfile):
-        self.profile = profile
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        size, length = batch["input_ids"].shape
-        if length > self.profile.max[1]:
-            raise ValueError(f"a batch of {length}-token windows exceeds the engine's maximum "
-                             f"of {self.profile.max[1]} tokens (trt_max_length)")
-        step = self.profile.max[0]
-        parts = [self.run({name: batch[name][start: start + step] for name in MODEL_INPUTS})
-                 for start in range(0, size, step)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
-
-
-class TorchTensorRTBackend(ProfiledBackend):
-    """A saved Torch-TensorRT ExportedProgram on the GPU."""
-
-    def __init__(self, path: str | Path, profile: ShapeProfile):
-        import torch_tensorrt
-
-        super().__init__(profile)
-        self.module = torch_tensorrt.load(str(path)).module()
-
-    @torch.no_grad()
-    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(batch[name]).to("cuda", PROGRAM_INPUT_DTYPE)
-                  for name in MODEL_INPUTS]
-        return self.module(*inputs).float().cpu().numpy()
-
-
-class TensorRTEngineBackend(ProfiledBackend):
-    """A serialized TensorRT engine, run on torch CUDA tensors as its I/O buffers."""
-
-    def __init__(self, path: str | Path, profile: ShapeProfile):
-        import tensorrt as trt
-
-        super().__init__(profile)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        # The runtime and engine must outlive the context that executes on them.
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise TensorRTBuildError(f"TensorRT cannot load {path} (built for another GPU "
-                                     "or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names
-                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-
-    @torch.no_grad()
-    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {}
-        for name in self.inputs:
-            tensor = torch.from_numpy(batch[name]).to(
-                "cuda", torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            feeds[name] = tensor  # alive until the engine has read it
-        results = {}
-        for name in self.outputs:
-            results[name] = torch.empty(tuple(self.context.get_tensor_shape(name)),
-                                        dtype=torch_dtype(self.engine.get_tensor_dtype(name)),
-                                        device="cuda")
-            self.context.set_tensor_address(name, results[name].data_ptr())
-        # The current stream orders the engine after the input copies above; .cpu() below
-        # waits for it.
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError("TensorRT failed to run the engine")
-        return results[self.outputs[0]].float().cpu().numpy()

@@ -45,7 +45,8 @@ def module_env() -> dict[str, str]:
 
 
 def run_module(module: str, *args: str, cwd: Path, timeout: float = 300,
-               launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+               launcher: tuple[str, ...] = (), stdin: str | None = None
+               ) -> subprocess.CompletedProcess:
     command = [*(launcher or (sys.executable,)), "-m", module, *args]
     return subprocess.run(command, cwd=cwd, env=module_env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          encoding="utf-8", timeout=timeout, input=stdin)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener.artifacts import ArtifactError
+from edgener.artifacts import ArtifactError, make_manifest, write_json_atomic
 from edgener.data import Sentence
+from edgener.decoding import constrained_decode
 from edgener.encoding import Encoder, collate
-from edgener.runtime import MODEL_INPUTS, numpy_batch, torch_backend
+from edgener.predictor import load_predictor
+from edgener.runtime import MODEL_INPUTS, numpy_batch, torch_backend, word_logits
 from quantize.build import Source
 from quantize.config import QuantizeConfig
 
@@ -163,7 +166,7 @@ def test_build_records_int8_artifact_fp32_ops_and_tuning(built):
 
 @pytest.mark.slow
 def test_saved_artifact_reloads_close_to_fp32(built, tiny_source):
-    from quantize.inc_quant import IncBackend
+    from edgener.serving import IncBackend
 
     batch = sample_batch(tiny_source, rows=6)
     expected = torch_backend(tiny_source.model)(batch)
@@ -222,6 +225,28 @@ def result_folder(built) -> Path:
 
 
 @pytest.mark.slow
+def test_predictor_serves_the_published_artifact(built, tiny_source, tmp_path):
+    """Raw text to entities through load_predictor on an INC artifact folder: the tags are
+    those of the build's own runtime, and offsets point into the text."""
+    folder = tmp_path / "tiny-inc-int8"
+    shutil.copytree(result_folder(built), folder / "inc")
+    tiny_source.tokenizer.save_pretrained(folder)
+    write_json_atomic(folder / "labels.json", LABELS)
+    write_json_atomic(folder / "manifest.json", make_manifest(
+        "quantized", backend="neural-compressor", precision="int8",
+        encoding=tiny_source.encoder.settings(), labels=LABELS))
+    predictor = load_predictor(folder, threads=1)
+    text = f"{PEOPLE[0]} lives in {PLACES[1]} . we met {PEOPLE[2]} in {PLACES[3]} today"
+    words = text.split()
+    (expected,) = word_logits(built[0].runtime, tiny_source.encoder, [words], batch_size=4)
+    ((tags, _),) = predictor.tag([words])
+    assert tags == constrained_decode(expected, LABELS)
+    found = predictor.predict(text)
+    assert found, "the briefly trained model tags the names and places of its train set"
+    assert all(text[e.start: e.end] == e.text for e in found)
+
+
+@pytest.mark.slow
 def test_zero_fp32_f1_keeps_incs_first_config_without_tuning(tiny_source, tmp_path):
     from quantize.inc_quant import build, config_summary, tuning_set
 
@@ -251,7 +276,7 @@ def test_export_failure_is_one_line_artifact_error(tiny_source, monkeypatch):
 
 
 def test_missing_artifact_is_an_artifact_error(tmp_path):
-    from quantize.inc_quant import IncBackend
+    from edgener.serving import IncBackend
 
     with pytest.raises(ArtifactError, match="cannot load"):
         IncBackend(tmp_path / "absent")

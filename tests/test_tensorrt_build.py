@@ -17,20 +17,18 @@ from edgener.config import ConfigError
 from edgener.data import Sentence
 from edgener.encoding import Encoder, collate
 from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, numpy_batch, torch_backend
+from edgener.serving import ProfiledBackend, ShapeProfile, torch_dtype
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
 from quantize.config import QuantizeConfig
 from quantize.onnx_export import export_onnx
 from quantize.tensorrt_build import (
-    ProfiledBackend,
-    ShapeProfile,
     build,
     compile_settings,
     export_program,
     quantize_for_tensorrt,
     shape_profile,
     tensorrt_available,
-    torch_dtype,
 )
 
 AVAILABLE, REASON = tensorrt_available()

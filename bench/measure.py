@@ -1,0 +1,224 @@
+"""What the report measures for one artifact, in a process of its own (so that peak memory
+is the artifact's, and no two artifacts share a warmed-up library), plus the machine's
+matrix throughput and each model's FLOPs that give the compute floor.
+
+Latency is wall time from a raw text string to its entities (word splitting, subword
+tokenisation, model, decoding), one sentence at a time, after warm-up, with a fixed
+thread count; each latency is measured over several rounds so its spread shows.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgener.artifacts import read_json
+from edgener.metrics import entity_scores
+from edgener.predictor import Predictor, read_artifact_manifest
+from edgener.runtime import OnnxBackend, torch_backend
+from edgener.text import split_words
+
+# How each candidate is loaded: an artifact folder as its manifest says, or a peer built
+# from the teacher the way a user would without this toolkit.
+ARTIFACT, TORCH_DYNAMIC_INT8, ORT_DYNAMIC_INT8 = "artifact", "torch-dynamic-int8", \
+    "ort-dynamic-int8"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    kind: str  # ARTIFACT or a peer kind
+    folder: Path  # the artifact folder; for peers, the teacher's
+    backend: str
+    precision: str
+    is_peer: bool
+    model_folder: Path  # the Hugging Face folder whose config gives the shape (FLOPs)
+    size_mb: float
+    source: str  # the model it was made from (teacher or a student's name)
+    onnx_path: Path | None = None  # ORT_DYNAMIC_INT8: the peer's quantized model
+
+
+@dataclass(frozen=True)
+class Settings:
+    threads: int
+    eval_batch_size: int
+    warmup: int
+    rounds: int
+    throughput_batch: int
+    gemm_gflops: dict  # precision -> measured GFLOP/s (GOP/s for int8)
+
+
+def load(candidate: Candidate, threads: int) -> Predictor:
+    torch.set_num_threads(threads)
+    if candidate.kind == ARTIFACT:
+        return Predictor.from_folder(candidate.folder, threads)
+    if candidate.kind == TORCH_DYNAMIC_INT8:
+        return Predictor.from_folder(candidate.folder, threads,
+                                     backend=torch_backend(torch_dynamic_int8(candidate.folder)))
+    if candidate.kind == ORT_DYNAMIC_INT8:
+        return Predictor.from_folder(candidate.folder, threads,
+                                     backend=OnnxBackend(candidate.onnx_path, threads))
+    raise ValueError(f"unknown candidate kind {candidate.kind!r}")
+
+
+def torch_dynamic_int8(folder: Path) -> torch.nn.Module:
+    """The teacher with every nn.Linear dynamically quantized by torch.ao (INT8 weights,
+    activations quantized per call): PyTorch's one-line INT8."""
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def state_dict_mb(model: torch.nn.Module) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(model.state_dict(), path)
+        return path.stat().st_size / 2**20
+
+
+def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]],
+            test_tags: list[list[str]], latency_texts: list[str],
+            throughput_texts: list[str]) -> dict:
+    """Every number of one report row (in the calling process: run it in a fresh one)."""
+    started = time.perf_counter()
+    predictor = load(candidate, settings.threads)
+    predictor.batch_size = settings.eval_batch_size
+    load_s = time.perf_counter() - started
+
+    predicted = [tags for tags, _ in predictor.tag(test_words)]
+    scores = entity_scores(test_tags, predicted)
+
+    for text in latency_texts[: settings.warmup]:
+        predictor.predict(text)
+    rounds = []
+    for _ in range(settings.rounds):
+        times = []
+        for text in latency_texts:
+            tick = time.perf_counter()
+            predictor.predict(text)
+            times.append(1000 * (time.perf_counter() - tick))
+        rounds.append(times)
+    every = np.concatenate(rounds)
+    round_p50 = [float(np.percentile(r, 50)) for r in rounds]
+
+    predictor.batch_size = settings.throughput_batch
+    tick = time.perf_counter()
+    for start in range(0, len(throughput_texts), settings.throughput_batch):
+        predictor.predict_batch(throughput_texts[start: start + settings.throughput_batch])
+    throughput = len(throughput_texts) / (time.perf_counter() - tick)
+
+    shape = model_shape(candidate.model_folder)
+    tokens = [token_count(predictor, text) for text in latency_texts]
+    gflops = settings.gemm_gflops.get(candidate.precision)
+    floors = [flops(shape, n) / (gflops * 1e6) for n in tokens] if gflops else None
+    return {
+        "name": candidate.name,
+        "backend": candidate.backend,
+        "precision": candidate.precision,
+        "is_peer": candidate.is_peer,
+        "params": shape["params"],
+        "layers": shape["layers"],
+        "hidden_size": shape["hidden_size"],
+        "test_f1": scores["f1"],
+        "test_per_type": {k: v["f1"] for k, v in scores["per_type"].items()},
+        "p50_ms": float(np.percentile(every, 50)),
+        "p90_ms": float(np.percentile(every, 90)),
+        "p99_ms": float(np.percentile(every, 99)),
+        "p50_rounds_ms": round_p50,
+        "p50_spread_ms": max(round_p50) - min(round_p50),
+        "latency_samples": int(every.size),
+        "throughput_sps": throughput,
+        "throughput_batch": settings.throughput_batch,
+        "size_mb": candidate.size_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "median_tokens": statistics.median(tokens),
+        "floor_ms": statistics.median(floors) if floors else None,
+        "load_s": load_s,
+    }
+
+
+def token_count(predictor: Predictor, text: str) -> int:
+    """Model positions one text occupies, over all its windows ([CLS] and [SEP] included)."""
+    windows = predictor.encoder.encode(0, [w.text for w in split_words(text)])
+    return sum(len(w.input_ids) for w in windows)
+
+
+def model_shape(folder: Path) -> dict:
+    config = read_json(folder / "config.json")
+    manifest = read_artifact_manifest(folder)
+    return {"layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
+            "intermediate_size": config["intermediate_size"],
+            "labels": len(config.get("id2label") or manifest["labels"]),
+            "params": manifest.get("params")}
+
+
+def flops(shape: dict, tokens: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one encoder pass over `tokens` positions: per layer
+    the Q, K, V and output projections (8nh^2), the feed-forward (4nhi) and the attention
+    products QK^T and AV (4n^2h); then the classifier. Embedding lookups, softmax and layer
+    norms are memory-bound and left out, so this is a lower bound on the work."""
+    n, h, i = tokens, shape["hidden_size"], shape["intermediate_size"]
+    per_layer = 8 * n * h * h + 4 * n * h * i + 4 * n * n * h
+    return shape["layers"] * per_layer + 2 * n * h * shape["labels"]
+
+
+def gemm_gflops(threads: int, size: int = 1024, repeats: int = 20) -> dict[str, float]:
+    """The machine's best matrix throughput at `threads` threads: FP32 from PyTorch's GEMM,
+    INT8 (u8 x s8 -> s32) from ONNX Runtime's MatMulInteger, each the best of `repeats`."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    fp32 = _best_seconds(lambda: torch.mm(a, b), repeats)
+    session = _int8_matmul_session(size, threads)
+    feed = {"a": np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)}
+    int8 = _best_seconds(lambda: session.run(None, feed), repeats)
+    work = 2 * size**3
+    return {"fp32": work / fp32 / 1e9, "int8": work / int8 / 1e9}
+
+
+def _best_seconds(call, repeats: int) -> float:
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - tick)
+    return best
+
+
+def _int8_matmul_session(size: int, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(1).integers(-127, 127, (size, size), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])],
+        [numpy_helper.from_array(weight, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """`count` indices spread over range(total): a sample with the split's length mix."""
+    if count >= total:
+        return list(range(total))
+    return [round(k * (total - 1) / max(count - 1, 1)) for k in range(count)]
+
+
+def sentence_texts(sentences: Sequence[Sequence[str]]) -> list[str]:
+    """Raw text of tokenised sentences (words joined by spaces), as a user would pass."""
+    return [" ".join(words) for words in sentences]

@@ -1,0 +1,139 @@
+"""Raw text to entities, from any artifact folder: the runtime users ship and the benchmark
+measures.
+
+    predictor = load_predictor("runs/conll2003/quantized/L3-ort-int8-static", threads=2)
+    predictor.predict("Angela Merkel visited Paris.")
+    # [Entity(type='PER', text='Angela Merkel', start=0, end=13, score=0.99), ...]
+
+Text is split into words as the training data was (edgener.text), words into overlapping
+subword windows (so a text of any length has every word tagged), and the tags decoded
+under the IOB2 transition constraints. An entity's score is the mean probability of the
+tags that make it up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from edgener.artifacts import MANIFEST, ArtifactError, read_json
+from edgener.backbone import load_tokenizer
+from edgener.decoding import constrained_decode, log_softmax
+from edgener.encoding import Encoder
+from edgener.runtime import Backend, word_logits
+from edgener.serving import load_backend
+from edgener.tags import entity_spans
+from edgener.text import Word, split_words
+
+STAGES = ("teacher", "student", "quantized")
+
+
+@dataclass(frozen=True)
+class Entity:
+    type: str
+    text: str
+    start: int  # character offsets in the input string, end exclusive
+    end: int
+    score: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """A backend with the encoder and labels of the artifact it serves."""
+
+    def __init__(self, backend: Backend, encoder: Encoder, labels: Sequence[str],
+                 manifest: dict | None = None, batch_size: int = 32):
+        self.backend = backend
+        self.encoder = encoder
+        self.labels = list(labels)
+        self.manifest = manifest or {}
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, threads: int | None = None,
+                    backend: Backend | None = None, batch_size: int = 32) -> Predictor:
+        """Load the artifact in `folder` (a teacher, student or quantized folder); `backend`
+        replaces the one its manifest names (the benchmark's peers use this)."""
+        folder = Path(folder)
+        manifest = read_artifact_manifest(folder)
+        try:
+            labels = read_json(folder / "labels.json")
+            tokenizer = load_tokenizer(str(folder))
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{folder} is incomplete: {str(error).splitlines()[0]}"
+                                ) from error
+        encoder = Encoder(tokenizer, labels, **manifest["encoding"])
+        if backend is None:
+            backend = load_backend(folder, manifest, threads)
+        return cls(backend, encoder, labels, manifest, batch_size)
+
+    def tag(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[str], np.ndarray]]:
+        """(IOB2 tags, probability of each tag) for each sentence of words."""
+        out = []
+        for logits in word_logits(self.backend, self.encoder, sentences, self.batch_size):
+            tags = constrained_decode(logits, self.labels)
+            if not tags:
+                out.append(([], np.zeros(0)))
+                continue
+            chosen = [self.labels.index(t) for t in tags]
+            probs = np.exp(log_softmax(logits.astype(np.float64)))[np.arange(len(tags)), chosen]
+            out.append((tags, probs))
+        return out
+
+    def predict_batch(self, texts: Sequence[str]) -> list[list[Entity]]:
+        words = [split_words(text) for text in texts]
+        tagged = self.tag([[w.text for w in ws] for ws in words])
+        return [entities(text, ws, tags, probs)
+                for text, ws, (tags, probs) in zip(texts, words, tagged, strict=True)]
+
+    def predict(self, text: str) -> list[Entity]:
+        return self.predict_batch([text])[0]
+
+
+def entities(text: str, words: Sequence[Word], tags: Sequence[str],
+             probs: np.ndarray) -> list[Entity]:
+    found = []
+    for kind, start, end in entity_spans(tags):
+        first, last = words[start].start, words[end - 1].end
+        found.append(Entity(kind, text[first:last], first, last,
+                            round(float(probs[start:end].mean()), 4)))
+    return found
+
+
+def read_artifact_manifest(folder: Path) -> dict:
+    """The manifest of any servable artifact folder, or an ArtifactError saying what is
+    wrong and how to make one."""
+    hint = "make teacher, make distill or make quantize"
+    if not folder.is_dir():
+        raise ArtifactError(f"no artifact at {folder}: not a folder ({hint} writes them "
+                            "under runs/<run>/)")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not an artifact folder ({MANIFEST} missing; "
+                            f"{hint} writes one)")
+    try:
+        manifest = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is corrupt ({error})") from None
+    if manifest.get("stage") not in STAGES or "encoding" not in manifest:
+        raise ArtifactError(f"{folder} holds a {manifest.get('stage')!r} output, not a model "
+                            f"artifact (teacher, student or quantized)")
+    return manifest
+
+
+@lru_cache(maxsize=8)
+def _cached(folder: Path, threads: int | None, batch_size: int) -> Predictor:
+    return Predictor.from_folder(folder, threads, batch_size=batch_size)
+
+
+def load_predictor(folder: str | Path, threads: int | None = None,
+                   batch_size: int = 32) -> Predictor:
+    """A Predictor for `folder`, loaded once per process and reused."""
+    return _cached(Path(folder).resolve(), threads, batch_size)

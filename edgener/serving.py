@@ -1,0 +1,246 @@
+"""What serves each kind of artifact, as a runtime backend, and `load_backend` that picks it
+from an artifact folder's manifest.
+
+Hugging Face folders (teacher, students) run in PyTorch; ONNX artifacts in ONNX Runtime;
+neural-compressor's PT2E save through torch.compile; TensorRT artifacts on the GPU. Each
+backend maps a padded batch of model inputs to token logits (see edgener.runtime).
+
+Why the INC graph is compiled: the converted graph run as is computes in FP32 with fake
+quantize/dequantize steps; INT8 kernels (oneDNN qlinear) appear only with torch.compile and
+inductor freezing. With dynamic=True it does not recompile across batch and sequence sizes,
+except for a size of one (0/1 specialisation, ~20 s more): hence the padding below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch._dynamo
+import torch._inductor.config
+
+from edgener.artifacts import ArtifactError
+from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, torch_backend
+
+# The compiled program takes int32 ids: TensorRT's index type, and every id, mask and
+# type value fits; the backend casts the runtime's int64 arrays.
+PROGRAM_INPUT_DTYPE = torch.int32
+
+TRT_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+              "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
+              "BOOL": torch.bool}
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    graph = getattr(model, "graph", None)
+    return graph is not None and any(
+        "quantize" in getattr(node.target, "_opname", "") for node in graph.nodes)
+
+
+class GraphBackend:
+    """An exported (and possibly quantized) graph as a backend; INT8 graphs are compiled."""
+
+    def __init__(self, model: torch.nn.Module, threads: int | None = None,
+                 compile: bool | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model
+        self.compiled = is_quantized(model) if compile is None else compile
+        self._run = torch.compile(model, dynamic=True) if self.compiled else model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        rows, width = batch["input_ids"].shape
+        arrays = [np.asarray(batch[name]) for name in MODEL_INPUTS]
+        # A size of 1 makes dynamo specialise and compile again (~20 s): run a copy of the
+        # row, or a masked padding position, and drop it from the logits.
+        if rows < 2:
+            arrays = [np.repeat(a, 2, axis=0) for a in arrays]
+        if width < 2:
+            arrays = [np.pad(a, ((0, 0), (0, 1))) for a in arrays]
+        inputs = [torch.from_numpy(a) for a in arrays]
+        try:
+            # Freezing makes the weights constants, which is what lets inductor pack them
+            # for oneDNN's INT8 GEMMs; without it the compiled graph still runs FP32 GEMMs.
+            with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+                logits = self._run(*inputs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            raise ArtifactError(f"neural-compressor: torch.compile of the INT8 graph failed "
+                                f"({type(error).__name__}: {str(error).splitlines()[0]})"
+                                ) from error
+        return logits[:rows, :width].float().numpy()
+
+
+class IncBackend(GraphBackend):
+    """A saved INC PT2E artifact (folder with quantized_weight.pt and qconfig.json)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None, compile: bool = True):
+        from neural_compressor.torch.quantization import load
+
+        try:
+            model = load(str(folder))
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ArtifactError(f"neural-compressor: cannot load {folder} "
+                                f"({str(error).splitlines()[0]})") from error
+        super().__init__(model, threads, compile)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeProfile:
+    """The [batch, sequence] shapes an engine accepts (min to max), tuned for opt."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    def as_dict(self) -> dict:
+        return {"axes": ["batch", "sequence"], "min": list(self.min), "opt": list(self.opt),
+                "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, shapes: dict) -> ShapeProfile:
+        return cls(*(tuple(shapes[key]) for key in ("min", "opt", "max")))
+
+    def example_shape(self) -> tuple[int, int]:
+        """A tracing shape inside the profile: torch.export specializes an axis traced at
+        size 1, so dynamic axes are traced at 2 or more."""
+        batch, length = (min(hi, max(opt, 2)) if hi > lo else lo
+                         for lo, opt, hi in zip(self.min, self.opt, self.max, strict=True))
+        return batch, length
+
+
+def trt_dtype_name(dtype: object) -> str:
+    """'FLOAT' for trt.DataType.FLOAT (and for the plain string 'DataType.FLOAT')."""
+    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
+
+
+def torch_dtype(dtype: object) -> torch.dtype:
+    """The torch dtype of a TensorRT DataType (or its name)."""
+    name = trt_dtype_name(dtype)
+    if name not in TRT_DTYPES:
+        raise TypeError(f"no torch dtype for TensorRT {name}")
+    return TRT_DTYPES[name]
+
+
+class ProfiledBackend:
+    """A backend over an engine built for `profile`: batches larger than its max batch run
+    in slices, and a window longer than its max length is an error, not a crash on the
+    GPU."""
+
+    def __init__(self, profile: ShapeProfile):
+        self.profile = profile
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        size, length = batch["input_ids"].shape
+        if length > self.profile.max[1]:
+            raise ValueError(f"a batch of {length}-token windows exceeds the engine's maximum "
+                             f"of {self.profile.max[1]} tokens (trt_max_length)")
+        step = self.profile.max[0]
+        parts = [self.run({name: batch[name][start: start + step] for name in MODEL_INPUTS})
+                 for start in range(0, size, step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchTensorRTBackend(ProfiledBackend):
+    """A saved Torch-TensorRT ExportedProgram on the GPU."""
+
+    def __init__(self, path: str | Path, profile: ShapeProfile):
+        import torch_tensorrt
+
+        super().__init__(profile)
+        self.module = torch_tensorrt.load(str(path)).module()
+
+    @torch.no_grad()
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = [torch.from_numpy(batch[name]).to("cuda", PROGRAM_INPUT_DTYPE)
+                  for name in MODEL_INPUTS]
+        return self.module(*inputs).float().cpu().numpy()
+
+
+class TensorRTEngineBackend(ProfiledBackend):
+    """A serialized TensorRT engine, run on torch CUDA tensors as its I/O buffers."""
+
+    def __init__(self, path: str | Path, profile: ShapeProfile):
+        import tensorrt as trt
+
+        super().__init__(profile)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        # The runtime and engine must outlive the context that executes on them.
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"TensorRT cannot load {path} (built for another GPU "
+                                     "or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names
+                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    @torch.no_grad()
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {}
+        for name in self.inputs:
+            tensor = torch.from_numpy(batch[name]).to(
+                "cuda", torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            feeds[name] = tensor  # alive until the engine has read it
+        results = {}
+        for name in self.outputs:
+            results[name] = torch.empty(tuple(self.context.get_tensor_shape(name)),
+                                        dtype=torch_dtype(self.engine.get_tensor_dtype(name)),
+                                        device="cuda")
+            self.context.set_tensor_address(name, results[name].data_ptr())
+        # The current stream orders the engine after the input copies above; .cpu() below
+        # waits for it.
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT failed to run the engine")
+        return results[self.outputs[0]].float().cpu().numpy()
+
+
+# backend name in a quantized manifest -> the model file in its folder
+MODEL_FILES = {"onnxruntime": "model.onnx", "neural-compressor": "inc",
+               "torch-tensorrt": "model.ep", "tensorrt": "model.engine"}
+
+
+def load_backend(folder: str | Path, manifest: dict, threads: int | None = None) -> Backend:
+    """The backend that serves the artifact in `folder` (its manifest already read).
+
+    `threads` fixes the CPU threads (torch's intra-op pool, or the ONNX Runtime session's);
+    None leaves the libraries' defaults (all cores)."""
+    folder = Path(folder)
+    if manifest.get("stage") in ("teacher", "student"):
+        from transformers import AutoModelForTokenClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"cannot load the PyTorch model in {folder} "
+                                f"({str(error).splitlines()[0]})") from error
+        return torch_backend(model)
+    backend = manifest.get("backend")
+    if backend not in MODEL_FILES:
+        raise ArtifactError(f"{folder}: unknown artifact backend {backend!r} in its manifest; "
+                            f"known: {', '.join(MODEL_FILES)}")
+    path = folder / MODEL_FILES[backend]
+    if not path.exists():
+        raise ArtifactError(f"{folder} lacks {path.name}, its {backend} model; rebuild it with "
+                            "`make quantize ARGS=--fresh`")
+    if backend == "onnxruntime":
+        return OnnxBackend(path, threads)
+    if backend == "neural-compressor":
+        return IncBackend(path, threads)
+    if not torch.cuda.is_available():
+        raise ArtifactError(f"{folder} is a {backend} engine and needs an NVIDIA GPU; "
+                            "this machine has no CUDA device")
+    profile = ShapeProfile.from_dict(manifest["tensorrt"]["shapes"])
+    if backend == "torch-tensorrt":
+        return TorchTensorRTBackend(path, profile)
+    return TensorRTEngineBackend(path, profile)

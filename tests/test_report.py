@@ -1,0 +1,122 @@
+"""The report: Pareto frontier, FLOPs, target checks on planted rows, and `python -m bench.report`
+end to end on a tiny teacher with two quantized artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.measure import evenly_spaced, flops
+from bench.report import best_int8_student, pareto_front, target_checks
+from tests.conftest import run_module
+from tests.test_teacher import tiny_args
+
+REQUIRED_KEYS = ("name", "backend", "precision", "is_peer", "test_f1", "p50_ms", "p90_ms",
+                 "p99_ms", "throughput_sps", "size_mb", "peak_rss_mb", "floor_ms",
+                 "speedup_vs_eager")
+
+
+def test_pareto_front_on_planted_points():
+    points = [
+        ("slow-best", 10.0, 0.95),
+        ("fast-good", 2.0, 0.90),
+        ("fast-worse", 2.0, 0.85),  # as fast as fast-good, less accurate
+        ("mid-worse", 5.0, 0.89),  # slower and less accurate than fast-good
+        ("fastest", 1.0, 0.70),
+        ("mid-better", 5.0, 0.93),
+        ("twin", 5.0, 0.93),  # equal to mid-better: neither dominates the other
+    ]
+    assert pareto_front(points) == ["fastest", "fast-good", "mid-better", "twin", "slow-best"]
+    assert pareto_front([]) == []
+
+
+def test_flops_counts_projections_ffn_attention_and_classifier():
+    # 1 layer, hidden 2, FFN 4, 3 tokens, 5 labels, by hand:
+    # projections 8*3*2*2 = 96, FFN 4*3*2*4 = 96, attention 4*3*3*2 = 72, head 2*3*2*5 = 60
+    shape = {"layers": 1, "hidden_size": 2, "intermediate_size": 4, "labels": 5}
+    assert flops(shape, 3) == 324
+    assert flops(shape | {"layers": 2}, 3) == 2 * 264 + 60
+
+
+def test_evenly_spaced_covers_the_split():
+    assert evenly_spaced(3, 10) == [0, 4, 9]  # round(4.5) is 4 in Python
+    assert evenly_spaced(20, 5) == [0, 1, 2, 3, 4]
+    assert evenly_spaced(1, 5) == [0]
+
+
+def row(name, p50, f1, precision="int8", source="L3", is_peer=False, floor=1.0, eager=20.0):
+    return {"name": name, "p50_ms": p50, "test_f1": f1, "precision": precision,
+            "source": source, "is_peer": is_peer, "floor_ms": floor,
+            "floor_ratio": p50 / floor, "speedup_vs_eager": eager / p50}
+
+
+def test_checks_pick_the_fastest_int8_student_within_the_f1_limit():
+    rows = [row("teacher", 20.0, 0.90, "fp32", "teacher", True, floor=5.0),
+            row("teacher-ort-dynamic-int8-unfused", 6.0, 0.899, source="teacher", is_peer=True),
+            row("L2-ort-int8-static", 1.0, 0.87),  # fastest, but 3 points below the teacher
+            row("L3-ort-int8-static", 2.0, 0.889, floor=0.5),  # 1.1 points below: eligible
+            row("L3-onnx-fp32", 2.5, 0.89, "fp32"),
+            row("teacher-ort-int8-static", 1.5, 0.90, source="teacher")]  # not a student
+    assert best_int8_student(rows)["name"] == "L3-ort-int8-static"
+    speed, versus_peer, floor, wall = target_checks(rows, wall_s=600)
+    assert speed["artifact"] == "L3-ort-int8-static" and speed["value"] == 10.0 and speed["met"]
+    assert versus_peer["value"] == 3.0 and versus_peer["met"]
+    assert not floor["met"] and floor["artifact"] == "L3-ort-int8-static"
+    assert floor["over"] == ["L3-ort-int8-static"]  # 4x its floor; the teacher is a peer
+    assert wall["met"] and not target_checks(rows, wall_s=901)[3]["met"]
+    rows[3]["test_f1"] = 0.88  # now 2 points below: no student qualifies
+    speed = target_checks(rows, wall_s=600)[0]
+    assert speed["artifact"] is None and not speed["met"]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, tiny_bert, conll_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("report")
+    teacher = run_module("teacher", *tiny_args(tiny_bert, conll_dir, "r", "threads=1"),
+                         cwd=workdir)
+    assert teacher.returncode == 0, teacher.stdout[-3000:] + teacher.stderr[-3000:]
+    quantized = run_module("quantize", "run=r", f"data_dir={conll_dir.parent}",
+                           "eval_limit=40", "threads=1", "variants=[onnx-fp32,ort-int8-dynamic]",
+                           cwd=workdir)
+    assert quantized.returncode == 0, quantized.stdout[-3000:] + quantized.stderr[-3000:]
+    result = run_module("bench.report", "run=r", f"data_dir={conll_dir.parent}",
+                        "threads=1", "test_limit=80", "latency_sentences=12",
+                        "latency_rounds=2", "warmup=2", "throughput_sentences=16",
+                        "throughput_batch=8", cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir / "runs" / "r"
+
+
+@pytest.mark.slow
+def test_report_files_are_written_and_parse(reported):
+    report = json.loads((reported / "report" / "report.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["teacher", "teacher-torch-dynamic-int8", "teacher-ort-dynamic-int8-unfused",
+                     "teacher-onnx-fp32", "teacher-ort-int8-dynamic"]
+    for r in report["rows"]:
+        for key in REQUIRED_KEYS:
+            assert key in r, (r["name"], key)
+        assert 0 <= r["test_f1"] <= 1 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["latency_samples"] == 24 and r["peak_rss_mb"] > 50
+    peers = {r["name"] for r in report["rows"] if r["is_peer"]}
+    assert peers == {"teacher", "teacher-torch-dynamic-int8", "teacher-ort-dynamic-int8-unfused"}
+    assert report["gemm_gflops"]["fp32"] > 0 and report["gemm_gflops"]["int8"] > 0
+    assert report["date"] and report["test_sentences"] == 80 and report["failed"] == []
+    assert set(report["pareto"]) <= set(names) and report["pareto"]
+    md = (reported / "report" / "report.md").read_text()
+    assert all(f"| {name}" in md or f"**{name}" in md for name in names)
+    assert (reported / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_report_f1_is_the_runtime_f1_of_each_artifact(reported):
+    """The teacher's F1 through the Predictor equals what the teacher stage measured on the
+    same 80 test sentences, and the FP32 ONNX export (parity-checked) scores the same."""
+    rows = {r["name"]: r for r in json.loads((reported / "report" / "report.json").read_text())
+            ["rows"]}
+    metrics = json.loads((reported / "teacher" / "metrics.json").read_text())
+    assert rows["teacher"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
+    assert rows["teacher-onnx-fp32"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
+    assert rows["teacher"]["speedup_vs_eager"] == 1.0
