@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(ReportConfig, preset_path("report", args.preset),
                          parse_overrides(args.overrides), args.quick)
+    # ONNX Runtime's quantizer logs advice on the root logger at every call.
+    logging.getLogger().setLevel(logging.ERROR)
     command = "python -m bench.report " + " ".join(argv if argv is not None else sys.argv[1:])
     return report(config, command.strip())
 
