@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import transformers
@@ -17,12 +18,17 @@ EXPECTED_ERRORS = (ArtifactError, BackboneError, ConfigError, DataError, FileNot
 
 
 def quiet_libraries() -> None:
-    """Keep the terminal for the stage's own progress: no load reports or optional-kernel
-    warnings (torchao, pulled in by transformers, warns about CUDA kernels on a CPU box)."""
+    """Keep the terminal for the stage's own progress: no load reports, optional-kernel
+    warnings (torchao, pulled in by transformers, warns about CUDA kernels on a CPU box) or
+    advice that torch.compile and torch.export print at every build."""
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    for name in ("torchao", "torch.utils._pytree"):
+    for name in ("torchao", "torch.utils._pytree", "torch.export", "torch._dynamo",
+                 "torch._inductor"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    for module in (r"torch\._dynamo", r"torch\._inductor", "copyreg"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -14,6 +14,7 @@ except for a size of one (0/1 specialisation, ~20 s more): hence the padding bel
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,8 @@ class IncBackend(GraphBackend):
     def __init__(self, folder: str | Path, threads: int | None = None, compile: bool = True):
         from neural_compressor.torch.quantization import load
 
+        # INC sets its logger to INFO when first imported, and logs every load.
+        logging.getLogger("neural_compressor").setLevel(logging.ERROR)
         try:
             model = load(str(folder))
         except (OSError, RuntimeError, ValueError) as error:
