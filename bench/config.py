@@ -21,7 +21,7 @@ class ReportConfig:
     latency_rounds: int = 3  # rounds over them: the spread of p50 across rounds is the noise
     warmup: int = 20  # untimed calls first
     throughput_batch: int = 32
-    throughput_sentences: int = 1024
+    throughput_sentences: int = 512
     baselines: bool = True  # the students trained without distillation too
     peers: bool = True  # what a user would run otherwise, built from the teacher
     artifacts: list | None = None  # names to measure (e.g. [teacher, L3-ort-int8-static])

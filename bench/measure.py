@@ -145,11 +145,24 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "throughput_sps": throughput,
         "throughput_batch": settings.throughput_batch,
         "size_mb": candidate.size_mb,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "median_tokens": statistics.median(tokens),
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the running program;
+    getrusage's ru_maxrss survives exec, so a spawned child would report its parent's peak
+    whenever that was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def token_count(predictor: Predictor, text: str) -> int:

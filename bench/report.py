@@ -94,6 +94,7 @@ def report(config: ReportConfig, command: str) -> int:
         task = progress.add_task("measuring", total=len(candidates))
         for candidate in candidates:
             progress.update(task, description=f"measuring {candidate.name}")
+            tick = time.time()
             try:
                 row = isolated(measure, candidate, settings, words, tags, latency_texts,
                                throughput_texts)
@@ -102,7 +103,8 @@ def report(config: ReportConfig, command: str) -> int:
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")
                 failed.append({"name": candidate.name, "error": message})
             else:
-                rows.append(row | {"source": candidate.source})
+                rows.append(row | {"source": candidate.source,
+                                   "measure_s": round(time.time() - tick, 1)})
             progress.advance(task)
 
     add_ratios(rows)

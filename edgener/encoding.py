@@ -113,11 +113,19 @@ class Encoder:
                 "case_features": self.case_features}
 
     def subwords(self, words: Sequence[str]) -> list[list[int]]:
-        """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK]."""
+        """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK].
+
+        One pre-split sequence rather than a batch of one-word sequences: the same pieces
+        (the pre-tokenizer runs within each word either way) at half the cost, which
+        matters at batch 1."""
         if not words:
             return []
-        encoded = self.tokenizer(list(words), add_special_tokens=False)["input_ids"]
-        return [ids if ids else [self.unk_id] for ids in encoded]
+        encoded = self.tokenizer(list(words), is_split_into_words=True,
+                                 add_special_tokens=False)
+        pieces: list[list[int]] = [[] for _ in words]
+        for token_id, word in zip(encoded["input_ids"], encoded.word_ids(), strict=True):
+            pieces[word].append(token_id)
+        return [ids if ids else [self.unk_id] for ids in pieces]
 
     def encode(
         self, sentence_index: int, words: Sequence[str], tags: Sequence[str] | None = None
