@@ -101,8 +101,11 @@ def test_interrupted_run_resumes_to_identical_result(
     args = tiny_args(tiny_bert, conll_dir, "ref")
     command = [sys.executable, "-m", "teacher", *args]
     checkpoint = tmp_path / "runs" / "ref" / ".teacher-work" / "checkpoint.pt"
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, and so
+    # would the training; give it the default handling that a terminal's Ctrl-C meets.
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=module_env())
+                               stderr=subprocess.STDOUT, text=True, env=module_env(),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
