@@ -310,6 +310,9 @@ def print_table(result: dict) -> None:
         if row["name"] in result["pareto"]:
             values[0] = "★ " + values[0]
         table.add_row(*values, style=style)
+    # Fourteen columns do not fit the 80 that rich assumes for a log file or a pipe.
+    if not console.is_terminal:
+        console.width = max(console.width, 180)
     console.print(table)
     for failure in result["failed"]:
         console.print(f"[red]not measured[/]: {failure['name']}: {failure['error']}")
