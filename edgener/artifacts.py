@@ -137,18 +137,21 @@ def publish_model(out_dir: str | Path, model, tokenizer, labels: list[str], conf
         write_json_atomic(staging / MANIFEST, manifest)
 
 
-def read_manifest(folder: str | Path, stage: str, make_hint: str) -> dict:
-    """The manifest of a published stage folder, or an ArtifactError saying how to make it."""
+def read_manifest(folder: str | Path, stage: str | tuple[str, ...], make_hint: str) -> dict:
+    """The manifest of a published stage folder (of `stage`, or of any of several), or an
+    ArtifactError saying how to make it."""
     folder = Path(folder)
+    stages = (stage,) if isinstance(stage, str) else stage
+    wanted = " or ".join(stages)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{folder} holds no {stage} output ({MANIFEST} missing); "
+        raise ArtifactError(f"{folder} holds no {wanted} output ({MANIFEST} missing); "
                             f"run `{make_hint}` first")
     try:
         manifest = read_json(path)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{path} is corrupt ({error}); rerun `{make_hint}`") from None
-    if manifest.get("stage") != stage:
+    if manifest.get("stage") not in stages:
         raise ArtifactError(f"{folder} holds a {manifest.get('stage')!r} output, "
-                            f"not {stage!r}; run `{make_hint}`")
+                            f"not {wanted}; run `{make_hint}`")
     return manifest

@@ -13,7 +13,6 @@ tags that make it up.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgener.artifacts import MANIFEST, ArtifactError, read_json
+from edgener.artifacts import ArtifactError, read_json, read_manifest
 from edgener.backbone import load_tokenizer
 from edgener.decoding import constrained_decode, log_softmax
 from edgener.encoding import Encoder
@@ -82,7 +81,7 @@ class Predictor:
             if not tags:
                 out.append(([], np.zeros(0)))
                 continue
-            chosen = [self.labels.index(t) for t in tags]
+            chosen = [self.encoder.label_ids[t] for t in tags]
             probs = np.exp(log_softmax(logits.astype(np.float64)))[np.arange(len(tags)), chosen]
             out.append((tags, probs))
         return out
@@ -110,21 +109,14 @@ def entities(text: str, words: Sequence[Word], tags: Sequence[str],
 def read_artifact_manifest(folder: Path) -> dict:
     """The manifest of any servable artifact folder, or an ArtifactError saying what is
     wrong and how to make one."""
-    hint = "make teacher, make distill or make quantize"
+    hint = "make teacher`, `make distill` or `make quantize"
     if not folder.is_dir():
-        raise ArtifactError(f"no artifact at {folder}: not a folder ({hint} writes them "
+        raise ArtifactError(f"no artifact at {folder}: not a folder (`{hint}` writes them "
                             "under runs/<run>/)")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{folder} is not an artifact folder ({MANIFEST} missing; "
-                            f"{hint} writes one)")
-    try:
-        manifest = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{path} is corrupt ({error})") from None
-    if manifest.get("stage") not in STAGES or "encoding" not in manifest:
-        raise ArtifactError(f"{folder} holds a {manifest.get('stage')!r} output, not a model "
-                            f"artifact (teacher, student or quantized)")
+    manifest = read_manifest(folder, STAGES, hint)
+    if "encoding" not in manifest:
+        raise ArtifactError(f"{folder}: its manifest lacks the encoding settings; "
+                            f"rerun `{hint}`")
     return manifest
 
 
