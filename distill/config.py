@@ -35,3 +35,6 @@ class DistillConfig(TrainSettings):
     # Extra unlabeled text, one sentence a line, labelled softly by the teacher
     unlabeled_text: str | None = None
     unlabeled_limit: int | None = None
+    # Copies of the train split with entity mentions swapped by type, labelled softly by
+    # the teacher (distill/augment.py); 0 trains on the given text only.
+    augment_copies: int = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from distill.augment import mention_replaced
 from distill.config import DistillConfig
 from distill.distiller import DistillStep, TeacherCache, make_distiller
 from distill.students import StudentSpec, build_student, derive_matches, layer_map
@@ -88,8 +89,12 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
               "test": dataset.split("test")[: config.eval_limit]}
     labeled = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
     unlabeled = read_unlabeled(config, encoder)
+    augmented = encoder.encode_all(mention_replaced(train_set, config.augment_copies,
+                                                    config.seed))
     log(f"data: {len(train_set)} train sentences ({len(labeled)} windows)"
-        + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else ""))
+        + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else "")
+        + (f" + {len(augmented)} mention-replaced windows" if augmented else ""))
+    unlabeled += augmented
 
     specs = {name: StudentSpec(**spec) for name, spec in config.students.items()
              if not config.only or name in config.only}
@@ -166,6 +171,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     encoding=encoder.settings(),
                     dataset=teacher_manifest["dataset"],
                     unlabeled_windows=len(unlabeled) if distilled else 0,
+                    augment_copies=config.augment_copies if distilled else 0,
                     teacher_cache={"seconds": round(cache.seconds, 1), "layers": cache.layers}
                     if distilled and cache else None,
                     valid_f1=metrics["valid"]["f1"],

@@ -33,12 +33,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
-    """Tags for one sentence's word logits [words, labels], never an invalid IOB2 sequence."""
-    if len(logits) == 0:
-        return []
+def constrained_path(scores: np.ndarray, labels: Sequence[str]) -> list[int]:
+    """Label indices of the best valid IOB2 path through per-word log-probabilities
+    [words, labels].
+
+    The unconstrained best path is each word's argmax; when that path is already valid
+    (most sentences) it is also the best valid one, so Viterbi runs only when it is not.
+    """
     start, transition = _transition_mask(tuple(labels))
-    scores = log_softmax(logits.astype(np.float64))
+    greedy = scores.argmax(axis=-1)
+    if start[greedy[0]] == 0 and not np.isinf(transition[greedy[:-1], greedy[1:]]).any():
+        return greedy.tolist()
     best = scores[0] + start
     backpointers = np.zeros(scores.shape, dtype=np.int64)
     for t in range(1, len(scores)):
@@ -48,4 +53,12 @@ def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
     path = [int(best.argmax())]
     for t in range(len(scores) - 1, 0, -1):
         path.append(int(backpointers[t, path[-1]]))
-    return [labels[i] for i in reversed(path)]
+    return path[::-1]
+
+
+def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """Tags for one sentence's word logits [words, labels], never an invalid IOB2 sequence."""
+    if len(logits) == 0:
+        return []
+    path = constrained_path(log_softmax(logits.astype(np.float64)), labels)
+    return [labels[i] for i in path]

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgener.artifacts import ArtifactError, read_json, read_manifest
 from edgener.backbone import load_tokenizer
-from edgener.decoding import constrained_decode, log_softmax
+from edgener.decoding import constrained_path, log_softmax
 from edgener.encoding import Encoder
 from edgener.runtime import Backend, word_logits
 from edgener.serving import load_backend
@@ -77,13 +77,13 @@ class Predictor:
         """(IOB2 tags, probability of each tag) for each sentence of words."""
         out = []
         for logits in word_logits(self.backend, self.encoder, sentences, self.batch_size):
-            tags = constrained_decode(logits, self.labels)
-            if not tags:
+            if len(logits) == 0:
                 out.append(([], np.zeros(0)))
                 continue
-            chosen = [self.encoder.label_ids[t] for t in tags]
-            probs = np.exp(log_softmax(logits.astype(np.float64)))[np.arange(len(tags)), chosen]
-            out.append((tags, probs))
+            scores = log_softmax(logits.astype(np.float64))
+            path = constrained_path(scores, self.labels)
+            out.append(([self.labels[i] for i in path],
+                        np.exp(scores[np.arange(len(path)), path])))
         return out
 
     def predict_batch(self, texts: Sequence[str]) -> list[list[Entity]]:

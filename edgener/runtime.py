@@ -16,7 +16,7 @@ import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder, collate, eval_batches, gather_word_logits
+from edgener.encoding import Encoder, eval_batches, gather_word_logits, pad_arrays
 from edgener.metrics import entity_scores
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -74,10 +74,6 @@ class OnnxBackend:
         return self.session.run(None, feed)[0]
 
 
-def numpy_batch(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: batch[k].numpy() for k in MODEL_INPUTS}
-
-
 def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence[str]],
                 batch_size: int) -> list[np.ndarray]:
     """Word-level logits for each sentence, every word predicted by the window owning it."""
@@ -86,7 +82,7 @@ def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence
 
     def window_logits():
         for indices in eval_batches([len(w.input_ids) for w in windows], batch_size):
-            logits = backend(numpy_batch(collate([windows[i] for i in indices], pad_id)))
+            logits = backend(pad_arrays([windows[i] for i in indices], pad_id))
             for row, index in enumerate(indices):
                 yield index, logits[row, : len(windows[index].input_ids)]
 

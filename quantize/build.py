@@ -275,7 +275,13 @@ def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: di
             plain, target, reader, config.calibration_method, config.quantize_embeddings,
             logit_error, f1_at, min_f1, progress=lambda text: console.print(f"    {text}"))
         fallback |= {"fp32_groups": kept, "sensitivity": sensitivity, "valid_f1": f1}
-    return Built({"model.onnx": target}, "onnxruntime", "int8",
+    # With every group back in FP32 nothing INT8 is left: say so rather than ship a label.
+    groups = fallback["sensitivity"]
+    precision = "fp32" if groups and len(fallback["fp32_groups"]) == len(groups) else "int8"
+    if precision == "fp32":
+        console.print("  [yellow]static INT8: the fallback kept every layer group in "
+                      "FP32; the artifact is published as FP32[/]")
+    return Built({"model.onnx": target}, "onnxruntime", precision,
                  OnnxBackend(target, config.threads),
                  {"graph": "exported", "quantization": "static QDQ",
                   "calibration": {"method": config.calibration_method,

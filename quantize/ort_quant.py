@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgener.encoding import Encoder, collate, eval_batches
-from edgener.runtime import numpy_batch
+from edgener.encoding import Encoder, eval_batches, pad_arrays
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 LAYER_OF_NODE = re.compile(r"layer\.(\d+)/")
@@ -50,7 +49,7 @@ class CalibrationReader:
     def __init__(self, encoder: Encoder, sentences: Sequence[Sequence[str]], batch_size: int = 16):
         windows = encoder.encode_all(sentences)
         pad_id = encoder.tokenizer.pad_token_id
-        self.batches = [numpy_batch(collate([windows[i] for i in indices], pad_id))
+        self.batches = [pad_arrays([windows[i] for i in indices], pad_id)
                         for indices in eval_batches([len(w.input_ids) for w in windows],
                                                     batch_size)]
         self.sentences = len(sentences)

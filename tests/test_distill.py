@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForTokenClassification
 
+from distill.augment import mention_replaced
 from distill.distiller import (
     DistillStep,
     TeacherCache,
@@ -35,6 +36,7 @@ from distill.students import (
     student_config,
 )
 from distill.train import print_students
+from edgener.data import Sentence
 from edgener.encoding import IGNORE_INDEX, Window, collate
 from tests.conftest import module_env, run_module
 from tests.test_teacher import tiny_args
@@ -549,3 +551,28 @@ def test_killed_distillation_resumes(teacher_copy, conll_dir):
     assert_exit_0(resumed)
     assert "resuming" in resumed.stdout
     assert (teacher_copy / "runs/d/students/S1/model.safetensors").is_file()
+
+
+def test_mention_replacement_swaps_mentions_within_their_type():
+    sentences = [
+        Sentence(["Angela", "Merkel", "visited", "Paris", "."],
+                 ["B-PER", "I-PER", "O", "B-LOC", "O"]),
+        Sentence(["Rome", "welcomed", "Obama"], ["B-LOC", "O", "B-PER"]),
+        Sentence(["nothing", "here"], ["O", "O"]),
+    ]
+    people = {("Angela", "Merkel"), ("Obama",)}
+    places = {("Paris",), ("Rome",)}
+    rewritten = mention_replaced(sentences, copies=8, seed=0)
+    assert len(rewritten) == 16  # the sentence without entities is not copied
+    seen_first = set()
+    for words in rewritten[0::2]:  # rewrites of the first sentence
+        split = words.index("visited")
+        assert tuple(words[:split]) in people
+        assert tuple(words[split + 1:-1]) in places and words[-1] == "."
+        seen_first.add(tuple(words))
+    for words in rewritten[1::2]:
+        split = words.index("welcomed")
+        assert tuple(words[:split]) in places and tuple(words[split + 1:]) in people
+    assert len(seen_first) > 1  # mentions are drawn, not kept
+    assert mention_replaced(sentences, copies=8, seed=0) == rewritten
+    assert mention_replaced(sentences, copies=0, seed=0) == []

@@ -95,6 +95,18 @@ def test_first_subword_carries_the_label(tokenizer):
     assert window.token_type_ids == [0] + [2] * len(pieces[0]) + [1] + [2] * len(pieces[2]) + [0]
 
 
+def test_subwords_match_the_transformers_call_past_the_stored_truncation(tokenizer):
+    # The packaged tokenizer.json pads and truncates to 128; the encoder must do neither.
+    assert tokenizer.backend_tokenizer.truncation is not None
+    words = ["Zürich", "北京", "🙂", "naïve", "O'Neill", "1996-08-22", "U.S."] * 30
+    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
+    pieces = encoder.subwords(words)
+    expected = [tokenizer(w, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+                for w in words]
+    assert sum(len(p) for p in pieces) > 128
+    assert pieces == expected
+
+
 def test_case_features_off_gives_zero_types(tokenizer):
     encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
     (window,) = encoder.encode(0, ["Paris", "EU"])

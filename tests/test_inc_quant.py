@@ -19,9 +19,9 @@ from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 from edgener.artifacts import ArtifactError, make_manifest, write_json_atomic
 from edgener.data import Sentence
 from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder, collate
+from edgener.encoding import Encoder, collate, pad_arrays
 from edgener.predictor import load_predictor
-from edgener.runtime import MODEL_INPUTS, numpy_batch, torch_backend, word_logits
+from edgener.runtime import MODEL_INPUTS, torch_backend, word_logits
 from quantize.build import Source
 from quantize.config import QuantizeConfig
 
@@ -116,7 +116,7 @@ def token_id(source: Source, word: str) -> int:
 def sample_batch(source: Source, rows: int) -> dict[str, np.ndarray]:
     sentences = [s.words for s in synthetic_splits()["valid"] + synthetic_splits()["train"]]
     windows = source.encoder.encode_all(sentences[:rows])
-    return numpy_batch(collate(windows, source.tokenizer.pad_token_id))
+    return pad_arrays(windows, source.tokenizer.pad_token_id)
 
 
 def test_tuning_set_is_incs_static_int8_set():

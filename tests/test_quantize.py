@@ -229,7 +229,7 @@ def test_artifact_over_budget_is_reported_and_kept(tiny_run, conll_dir, monkeypa
 @pytest.mark.slow
 def test_sensitivity_fallback_keeps_layers_in_fp32(tiny_run, conll_dir):
     """An impossible budget for the static path sends every group back to FP32, most
-    sensitive first, and records which."""
+    sensitive first, records which, and labels the result FP32."""
     result = run_module("quantize", *quantize_args(conll_dir, "variants=[ort-int8-static]",
                                                    "static_max_f1_drop=-1.0"), cwd=tiny_run)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -242,6 +242,7 @@ def test_sensitivity_fallback_keeps_layers_in_fp32(tiny_run, conll_dir):
     sensitivities = [fallback["sensitivity"][g] for g in fallback["fp32_groups"]]
     assert sensitivities == sorted(sensitivities, reverse=True)
     assert manifest["fp32_ops"] == {"Gather": 3, "MatMul": 17}
+    assert manifest["precision"] == "fp32"  # nothing INT8 is left, and the label says so
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 from edgener.artifacts import ArtifactError
 from edgener.config import ConfigError
 from edgener.data import Sentence
-from edgener.encoding import Encoder, collate
-from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, numpy_batch, torch_backend
+from edgener.encoding import Encoder, pad_arrays
+from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, torch_backend
 from edgener.serving import ProfiledBackend, ShapeProfile, torch_dtype
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
@@ -83,7 +83,7 @@ def batches(encoder: Encoder) -> list[dict[str, np.ndarray]]:
     windows = sorted(encoder.encode_all(SENTENCES), key=lambda w: len(w.input_ids))
     pad = encoder.tokenizer.pad_token_id
     spread = [windows[round(i * (len(windows) - 1) / 9)] for i in range(10)]
-    short, mixed = numpy_batch(collate(windows[:3], pad)), numpy_batch(collate(spread, pad))
+    short, mixed = pad_arrays(windows[:3], pad), pad_arrays(spread, pad)
     assert short["input_ids"].shape[1] < mixed["input_ids"].shape[1] == WINDOW
     return [short, mixed]
 
