@@ -15,8 +15,10 @@ from edgener.data import Sentence
 from edgener.tags import entity_spans
 
 
-def mention_replaced(sentences: list[Sentence], copies: int, seed: int) -> list[list[str]]:
-    """`copies` rewrites of every sentence that holds an entity, mentions swapped by type."""
+def mention_replaced(sentences: list[Sentence], copies: int,
+                     seed: int) -> list[list[list[str]]]:
+    """`copies` rewrites of the sentences that hold an entity, mentions swapped by type: one
+    list of word lists a copy. The draws are seeded, so fewer copies give a prefix."""
     mentions: dict[str, list[tuple[str, ...]]] = defaultdict(list)
     for sentence in sentences:
         for kind, start, end in entity_spans(sentence.tags):
@@ -24,6 +26,7 @@ def mention_replaced(sentences: list[Sentence], copies: int, seed: int) -> list[
     rng = random.Random(seed)
     rewritten = []
     for _ in range(copies):
+        rewritten.append([])
         for sentence in sentences:
             spans = entity_spans(sentence.tags)
             if not spans:
@@ -33,5 +36,5 @@ def mention_replaced(sentences: list[Sentence], copies: int, seed: int) -> list[
                 words += sentence.words[last:start]
                 words += rng.choice(mentions[kind])
                 last = end
-            rewritten.append(words + sentence.words[last:])
+            rewritten[-1].append(words + sentence.words[last:])
     return rewritten

@@ -18,8 +18,8 @@ class DistillConfig(TrainSettings):
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     train_limit: int | None = None
     eval_limit: int | None = None
-    # Students: name -> {layers, hidden_size, heads, intermediate_size}; None keeps the
-    # teacher's width (and head size).
+    # Students: name -> {layers, hidden_size, heads, intermediate_size, augment_copies};
+    # None keeps the teacher's width (and head size).
     students: dict = field(default_factory=dict)
     only: list | None = None  # train just these students
     baselines: bool = True  # also train each student without distillation
@@ -35,6 +35,3 @@ class DistillConfig(TrainSettings):
     # Extra unlabeled text, one sentence a line, labelled softly by the teacher
     unlabeled_text: str | None = None
     unlabeled_limit: int | None = None
-    # Copies of the train split with entity mentions swapped by type, labelled softly by
-    # the teacher (distill/augment.py); 0 trains on the given text only.
-    augment_copies: int = 0

@@ -21,6 +21,10 @@ class StudentSpec:
     hidden_size: int | None = None  # None: the teacher's
     heads: int | None = None  # None: keep the teacher's head size
     intermediate_size: int | None = None  # None: scaled with the width
+    # Copies of the train split with mentions swapped by type, added as teacher-labelled
+    # transfer text when this student is distilled (distill/augment.py); not a shape, and
+    # its baseline never sees them.
+    augment_copies: int = 0
 
 
 def student_config(teacher: PretrainedConfig, spec: StudentSpec) -> PretrainedConfig:

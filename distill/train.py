@@ -89,15 +89,18 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
               "test": dataset.split("test")[: config.eval_limit]}
     labeled = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
     unlabeled = read_unlabeled(config, encoder)
-    augmented = encoder.encode_all(mention_replaced(train_set, config.augment_copies,
-                                                    config.seed))
-    log(f"data: {len(train_set)} train sentences ({len(labeled)} windows)"
-        + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else "")
-        + (f" + {len(augmented)} mention-replaced windows" if augmented else ""))
-    unlabeled += augmented
-
     specs = {name: StudentSpec(**spec) for name, spec in config.students.items()
              if not config.only or name in config.only}
+    # Every student's augmented text is a prefix of the largest request (the same seeded
+    # draws), so one teacher cache over labeled + unlabeled + augmented serves them all.
+    copies = max((spec.augment_copies for spec in specs.values()), default=0)
+    augmented = [encoder.encode_all(copy)
+                 for copy in mention_replaced(train_set, copies, config.seed)]
+    log(f"data: {len(train_set)} train sentences ({len(labeled)} windows)"
+        + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else "")
+        + (f" + {copies} mention-replaced copies ({sum(map(len, augmented))} windows)"
+           if augmented else ""))
+
     base_id = fingerprint({**as_dict(config), "students": None, "only": None,
                            "teacher": teacher_manifest["config_fingerprint"]})
     cache = None
@@ -106,7 +109,10 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
         for distilled in (True, False) if config.baselines else (True,):
             out_name = name if distilled else f"{name}-baseline"
             out_dir = run_dir / "students" / out_name
-            config_id = fingerprint([base_id, dataclasses.asdict(spec), distilled])
+            recipe = dataclasses.asdict(spec)
+            if not distilled:  # the baseline trains on the labelled split alone
+                recipe.pop("augment_copies")
+            config_id = fingerprint([base_id, recipe, distilled])
             if not fresh and is_up_to_date(out_dir, config_id):
                 log(f"{out_dir} is up to date; pass --fresh to retrain")
                 rows.append(read_json(out_dir / "metrics.json") | {"name": out_name})
@@ -118,12 +124,14 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                 matches = check_matches(config.matches
                                         or derived_matches(config, student, teacher))
                 if cache is None and config.cache_teacher:
-                    cache = build_cache(config, teacher, labeled + unlabeled, specs, processes,
+                    every_window = labeled + unlabeled + [w for copy in augmented for w in copy]
+                    cache = build_cache(config, teacher, every_window, specs, processes,
                                         tokenizer.pad_token_id)
                 distiller = make_distiller(teacher, student, matches, config.temperature,
                                            config.kd_weight, config.hard_label_weight,
                                            str(run_dir / ".students-work"), processes.device)
-                windows = labeled + unlabeled
+                windows = labeled + unlabeled + [
+                    w for copy in augmented[: spec.augment_copies] for w in copy]
                 step = DistillStep(distiller, windows, tokenizer.pad_token_id,
                                    [tokenizer.cls_token_id, tokenizer.sep_token_id],
                                    processes.device, cache)
@@ -171,7 +179,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     encoding=encoder.settings(),
                     dataset=teacher_manifest["dataset"],
                     unlabeled_windows=len(unlabeled) if distilled else 0,
-                    augment_copies=config.augment_copies if distilled else 0,
+                    augment_copies=spec.augment_copies if distilled else 0,
                     teacher_cache={"seconds": round(cache.seconds, 1), "layers": cache.layers}
                     if distilled and cache else None,
                     valid_f1=metrics["valid"]["f1"],

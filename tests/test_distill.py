@@ -521,6 +521,30 @@ def test_unlabeled_text_adds_soft_labelled_windows(teacher_copy, conll_dir):
 
 
 @pytest.mark.slow
+def test_augmented_copies_train_only_the_student_that_asks(teacher_copy, conll_dir):
+    (teacher_copy / "students.yaml").write_text(STUDENTS_YAML.replace(
+        "  S1:\n    layers: 1\n", "  S1:\n    layers: 1\n    augment_copies: 2\n"))
+    args = ["--preset", str(teacher_copy / "students.yaml"), "run=d",
+            f"data_dir={conll_dir.parent}", "train_limit=120", "eval_limit=60", THREADS,
+            "baselines=false"]
+    result = run_module("distill", *args, cwd=teacher_copy)
+    assert_exit_0(result)
+    found = re.search(r"\((\d+) windows\) \+ 2 mention-replaced copies \((\d+)\s+windows\)",
+                      result.stdout)  # the console may wrap the line
+    assert found, result.stdout
+    labeled, augmented = int(found[1]), int(found[2])
+    assert re.search(rf"teacher outputs cached for {labeled + augmented}\s+windows",
+                     result.stdout)
+    students = teacher_copy / "runs/d/students"
+    assert read(students / "S1/manifest.json")["augment_copies"] == 2
+    assert read(students / "N1/manifest.json")["augment_copies"] == 0
+    # S1 trained on the labelled windows and both copies; N1 on the labelled ones alone.
+    batch = 8
+    assert read(students / "S1/metrics.json")["steps"] == -(-(labeled + augmented) // batch)
+    assert read(students / "N1/metrics.json")["steps"] == -(-labeled // batch)
+
+
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(teacher_copy, conll_dir):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", "29519")
@@ -562,17 +586,15 @@ def test_mention_replacement_swaps_mentions_within_their_type():
     ]
     people = {("Angela", "Merkel"), ("Obama",)}
     places = {("Paris",), ("Rome",)}
-    rewritten = mention_replaced(sentences, copies=8, seed=0)
-    assert len(rewritten) == 16  # the sentence without entities is not copied
-    seen_first = set()
-    for words in rewritten[0::2]:  # rewrites of the first sentence
-        split = words.index("visited")
-        assert tuple(words[:split]) in people
-        assert tuple(words[split + 1:-1]) in places and words[-1] == "."
-        seen_first.add(tuple(words))
-    for words in rewritten[1::2]:
-        split = words.index("welcomed")
-        assert tuple(words[:split]) in places and tuple(words[split + 1:]) in people
-    assert len(seen_first) > 1  # mentions are drawn, not kept
-    assert mention_replaced(sentences, copies=8, seed=0) == rewritten
+    copies = mention_replaced(sentences, copies=8, seed=0)
+    assert [len(copy) for copy in copies] == [2] * 8  # the entity-less sentence is left out
+    for first, second in copies:
+        split = first.index("visited")
+        assert tuple(first[:split]) in people
+        assert tuple(first[split + 1:-1]) in places and first[-1] == "."
+        split = second.index("welcomed")
+        assert tuple(second[:split]) in places and tuple(second[split + 1:]) in people
+    assert len({tuple(first) for first, _ in copies}) > 1  # mentions are drawn, not kept
+    assert mention_replaced(sentences, copies=8, seed=0) == copies
+    assert mention_replaced(sentences, copies=3, seed=0) == copies[:3]  # a prefix
     assert mention_replaced(sentences, copies=0, seed=0) == []
