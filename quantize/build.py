@@ -148,11 +148,30 @@ def find_models(run_dir: Path, names: list | None) -> list[tuple[str, Path]]:
 def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
                    splits: dict[str, list[Sentence]], out_root: Path, fresh: bool) -> list[dict]:
     source.work.mkdir(parents=True, exist_ok=True)
-    base_id = fingerprint([source.fingerprint, as_dict(config) | {"models": None}])
+    # Which models and variants this run builds does not change any one artifact.
+    base_id = fingerprint([source.fingerprint,
+                           as_dict(config) | {"models": None, "variants": None}])
     console.print(f"\n[bold]{source.name}[/] ({source.folder})")
 
     def f1_of(backend: Backend, split: str = "valid") -> float:
         return evaluate(backend, source, splits[split], config)["f1"]
+
+    def variant_id(variant: str) -> str:
+        return fingerprint([base_id, variant])
+
+    def up_to_date(variant: str) -> dict | None:
+        """The published manifest of `variant`, if it was built from this model and config."""
+        path = out_root / f"{source.name}-{variant}" / MANIFEST
+        if fresh or not path.is_file():
+            return None
+        manifest = read_json(path)
+        return manifest if manifest.get("config_fingerprint") == variant_id(variant) else None
+
+    published = [up_to_date(variant) for variant in variants]
+    if all(published):  # nothing to build: skip the export and its parity check
+        for variant in variants:
+            console.print(f"  {source.name}-{variant}: up to date")
+        return published
 
     # The FP32 export, checked against PyTorch before anything is built on it.
     plain = source.work / "model.onnx"
@@ -171,12 +190,9 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
     rows = []
     for variant in variants:
         out_dir = out_root / f"{source.name}-{variant}"
-        config_id = fingerprint([base_id, variant])
-        manifest_path = out_dir / MANIFEST
-        if not fresh and manifest_path.is_file() and \
-                read_json(manifest_path).get("config_fingerprint") == config_id:
+        if published := up_to_date(variant):
             console.print(f"  {out_dir.name}: up to date")
-            rows.append(read_json(manifest_path))
+            rows.append(published)
             continue
         started = time.time()
         with console.status(f"  building {variant}"):
@@ -184,8 +200,8 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
                                   parity=parity, reference=reference)
         valid = evaluate(built.runtime, source, splits["valid"], config)
         test = evaluate(built.runtime, source, splits["test"], config)
-        manifest = publish(out_dir, built, source, config, config_id, valid, test, reference,
-                           min_f1, time.time() - started)
+        manifest = publish(out_dir, built, source, config, variant_id(variant), valid, test,
+                           reference, min_f1, time.time() - started)
         console.print(f"  {out_dir.name}: valid F1 {100 * valid['f1']:.2f} "
                       f"({100 * (valid['f1'] - reference):+.2f}), {manifest['size_mb']:.1f} MB, "
                       + ("within budget" if manifest["within_budget"] else

