@@ -73,14 +73,23 @@ class GraphBackend:
         return logits[:rows, :width].float().numpy()
 
 
+def quiet_neural_compressor() -> None:
+    """Silence INC's own logger (it logs every load, config and accelerator probe, the last
+    on import). INC sets the level when its logger singleton is first made, so make it
+    before setting ours, and before importing the rest of INC."""
+    from neural_compressor.common.utils.logger import Logger
+
+    Logger()
+    logging.getLogger("neural_compressor").setLevel(logging.ERROR)
+
+
 class IncBackend(GraphBackend):
     """A saved INC PT2E artifact (folder with quantized_weight.pt and qconfig.json)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None, compile: bool = True):
+        quiet_neural_compressor()
         from neural_compressor.torch.quantization import load
 
-        # INC sets its logger to INFO when first imported, and logs every load.
-        logging.getLogger("neural_compressor").setLevel(logging.ERROR)
         try:
             model = load(str(folder))
         except (OSError, RuntimeError, ValueError) as error:

@@ -26,7 +26,6 @@ Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from collections import Counter
@@ -39,7 +38,7 @@ import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.runtime import MODEL_INPUTS, TokenLogits, score
-from edgener.serving import GraphBackend, IncBackend, is_quantized
+from edgener.serving import GraphBackend, IncBackend, is_quantized, quiet_neural_compressor
 from edgener.training import console
 from quantize.build import Built, Source, calibration_reader
 from quantize.config import QuantizeConfig
@@ -178,12 +177,10 @@ def _attribute(model: torch.nn.Module, target: str) -> torch.Tensor:
 def build(source: Source, config: QuantizeConfig, splits: dict, min_f1: float,
           work: Path) -> Built:
     """INC accuracy-aware static INT8 of `source`, saved under work/inc."""
+    quiet_neural_compressor()  # the stage reports each trial itself
     from neural_compressor.torch.quantization import TuningConfig, autotune
     from neural_compressor.torch.quantization import quantize as inc_quantize
 
-    # INC sets its logger to INFO on import and prints every config it tries; the stage
-    # reports each trial itself.
-    logging.getLogger("neural_compressor").setLevel(logging.ERROR)
     seconds: dict[str, float] = {}
     started = time.time()
     encoder = source.encoder
