@@ -103,16 +103,8 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     predicted = [tags for tags, _ in predictor.tag(test_words)]
     scores = entity_scores(test_tags, predicted)
 
-    for text in latency_texts[: settings.warmup]:
-        predictor.predict(text)
-    rounds = []
-    for _ in range(settings.rounds):
-        times = []
-        for text in latency_texts:
-            tick = time.perf_counter()
-            predictor.predict(text)
-            times.append(1000 * (time.perf_counter() - tick))
-        rounds.append(times)
+    latency_round(predictor, latency_texts[: settings.warmup])
+    rounds = [latency_round(predictor, latency_texts) for _ in range(settings.rounds)]
     every = np.concatenate(rounds)
     round_p50 = [float(np.percentile(r, 50)) for r in rounds]
 
@@ -150,6 +142,16 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,
     }
+
+
+def latency_round(predictor: Predictor, texts: Sequence[str]) -> list[float]:
+    """Milliseconds from raw text to entities for each text, one call at a time."""
+    times = []
+    for text in texts:
+        tick = time.perf_counter()
+        predictor.predict(text)
+        times.append(1000 * (time.perf_counter() - tick))
+    return times
 
 
 def peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.compare import round_ratios
 from bench.measure import evenly_spaced, flops
 from bench.report import best_int8_student, pareto_front, target_checks
 from tests.conftest import run_module
@@ -122,3 +123,24 @@ def test_report_f1_is_the_runtime_f1_of_each_artifact(reported):
     assert rows["teacher"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
     assert rows["teacher-onnx-fp32"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
     assert rows["teacher"]["speedup_vs_eager"] == 1.0
+
+
+def test_round_ratios_are_per_round_speedups_over_the_first():
+    ratios = round_ratios({"eager": [10.0, 12.0], "int8": [2.0, 3.0], "slow": [20.0, 12.0]})
+    assert ratios == {"eager": [1.0, 1.0], "int8": [5.0, 4.0], "slow": [0.5, 1.0]}
+
+
+@pytest.mark.slow
+def test_compare_times_artifacts_round_robin(reported, conll_dir):
+    teacher, int8 = "teacher", "quantized/teacher-ort-int8-dynamic"  # relative to the run
+    result = run_module("bench.compare", teacher, int8, "--data-dir",
+                        str(conll_dir.parent), "--sentences", "6", "--rounds", "2",
+                        "--warmup", "1", "--threads", "1", cwd=reported)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines()
+            if line.count("│") > 3}
+    assert {teacher, int8} <= set(rows)
+    # The first artifact against itself, every round.
+    assert rows[teacher].rstrip(" │").endswith("1.00 / 1.00 / 1.00")
+    missing = run_module("bench.compare", "nothing", cwd=reported)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -1,0 +1,81 @@
+"""Batch-1 latency of a few artifacts, timed round-robin in one process: a check on the
+report's ratios.
+
+The report measures each row in a fresh process, minutes apart, so a ratio between two
+rows also carries whatever the machine did in between (on a shared VM, the same artifact
+can measure 1.5-2x apart in two runs). Here each round times every artifact once over
+the same sentences, so drift falls on all of them alike, and ratios are given per round.
+
+    python -m bench.compare runs/conll2003/teacher runs/conll2003/quantized/L3-ort-int8-dynamic
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from bench.measure import evenly_spaced, latency_round, sentence_texts
+from edgener.cli import run_cli
+from edgener.data import DATA_DIR_ENV, load_dataset
+from edgener.predictor import Predictor
+from edgener.training import console
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifacts", nargs="+", help="artifact folders; ratios are against "
+                        "the first")
+    parser.add_argument("--dataset", default="conll2003")
+    parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV))
+    parser.add_argument("--sentences", type=int, default=200,
+                        help="test sentences spread over the split, timed one at a time")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    test = [s.words for s in load_dataset(args.dataset, args.data_dir).split("test")]
+    texts = sentence_texts([test[i] for i in evenly_spaced(args.sentences, len(test))])
+    predictors = {folder: Predictor.from_folder(folder, args.threads)
+                  for folder in args.artifacts}
+    p50s: dict[str, list[float]] = {folder: [] for folder in predictors}
+    with console.status("timing") as status:
+        for round_index in range(args.rounds):
+            for folder, predictor in predictors.items():
+                status.update(f"round {round_index + 1}/{args.rounds}: {folder}")
+                latency_round(predictor, texts[: args.warmup])
+                p50s[folder].append(float(np.median(latency_round(predictor, texts))))
+    print_ratios(p50s, args.threads, len(texts))
+    return 0
+
+
+def round_ratios(p50s: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each artifact's speedup over the first one, round by round."""
+    reference = next(iter(p50s.values()))
+    return {name: [ref / p50 for ref, p50 in zip(reference, rounds, strict=True)]
+            for name, rounds in p50s.items()}
+
+
+def print_ratios(p50s: dict[str, list[float]], threads: int, sentences: int) -> None:
+    table = Table(title=f"batch-1 p50 ms, {sentences} test sentences, {threads} threads, "
+                  "round-robin in one process")
+    table.add_column("artifact", no_wrap=True)
+    rounds = len(next(iter(p50s.values())))
+    for index in range(rounds):
+        table.add_column(f"round {index + 1}", justify="right")
+    table.add_column("speedup over the first (min / median / max)", justify="right")
+    for (name, values), ratios in zip(p50s.items(), round_ratios(p50s).values(), strict=True):
+        table.add_row(name, *(f"{v:.2f}" for v in values),
+                      f"{min(ratios):.2f} / {np.median(ratios):.2f} / {max(ratios):.2f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
