@@ -70,10 +70,13 @@ def print_ratios(p50s: dict[str, list[float]], threads: int, sentences: int) -> 
     rounds = len(next(iter(p50s.values())))
     for index in range(rounds):
         table.add_column(f"round {index + 1}", justify="right")
-    table.add_column("speedup over the first (min / median / max)", justify="right")
+    for column in ("x first: min", "median", "max"):
+        table.add_column(column, justify="right")
     for (name, values), ratios in zip(p50s.items(), round_ratios(p50s).values(), strict=True):
         table.add_row(name, *(f"{v:.2f}" for v in values),
-                      f"{min(ratios):.2f} / {np.median(ratios):.2f} / {max(ratios):.2f}")
+                      *(f"{r:.2f}" for r in (min(ratios), np.median(ratios), max(ratios))))
+    if not console.is_terminal:  # a log file or a pipe: rich would assume 80 columns
+        console.width = max(console.width, 160)
     console.print(table)
 
 
