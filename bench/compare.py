@@ -16,11 +16,10 @@ import os
 import sys
 
 import numpy as np
-import torch
 from rich.table import Table
 
 from bench.measure import evenly_spaced, latency_round, sentence_texts
-from edgener.cli import run_cli
+from edgener.cli import print_wide, run_cli
 from edgener.data import DATA_DIR_ENV, load_dataset
 from edgener.predictor import Predictor
 from edgener.training import console
@@ -40,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
     test = [s.words for s in load_dataset(args.dataset, args.data_dir).split("test")]
     texts = sentence_texts([test[i] for i in evenly_spaced(args.sentences, len(test))])
     predictors = {folder: Predictor.from_folder(folder, args.threads)
@@ -75,9 +73,7 @@ def print_ratios(p50s: dict[str, list[float]], threads: int, sentences: int) -> 
     for (name, values), ratios in zip(p50s.items(), round_ratios(p50s).values(), strict=True):
         table.add_row(name, *(f"{v:.2f}" for v in values),
                       *(f"{r:.2f}" for r in (min(ratios), np.median(ratios), max(ratios))))
-    if not console.is_terminal:  # a log file or a pipe: rich would assume 80 columns
-        console.width = max(console.width, 160)
-    console.print(table)
+    print_wide(table, 160)
 
 
 if __name__ == "__main__":

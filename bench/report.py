@@ -41,7 +41,7 @@ from bench.measure import (
     torch_dynamic_int8,
 )
 from edgener.artifacts import MANIFEST, publish_dir, read_json, read_manifest, write_json_atomic
-from edgener.cli import quiet_libraries, run_cli
+from edgener.cli import print_wide, quiet_libraries, run_cli
 from edgener.config import as_dict, load_config, parse_overrides, preset_path
 from edgener.data import load_dataset, recorded_dataset
 from edgener.training import console
@@ -310,10 +310,7 @@ def print_table(result: dict) -> None:
         if row["name"] in result["pareto"]:
             values[0] = "★ " + values[0]
         table.add_row(*values, style=style)
-    # Fourteen columns do not fit the 80 that rich assumes for a log file or a pipe.
-    if not console.is_terminal:
-        console.width = max(console.width, 180)
-    console.print(table)
+    print_wide(table, 180)  # fourteen columns
     for failure in result["failed"]:
         console.print(f"[red]not measured[/]: {failure['name']}: {failure['error']}")
     for check in result["checks"]:

@@ -19,22 +19,20 @@ def mention_replaced(sentences: list[Sentence], copies: int,
                      seed: int) -> list[list[list[str]]]:
     """`copies` rewrites of the sentences that hold an entity, mentions swapped by type: one
     list of word lists a copy. The draws are seeded, so fewer copies give a prefix."""
+    with_entities = [(s.words, spans) for s in sentences if (spans := entity_spans(s.tags))]
     mentions: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-    for sentence in sentences:
-        for kind, start, end in entity_spans(sentence.tags):
-            mentions[kind].append(tuple(sentence.words[start:end]))
+    for words, spans in with_entities:
+        for kind, start, end in spans:
+            mentions[kind].append(tuple(words[start:end]))
     rng = random.Random(seed)
     rewritten = []
     for _ in range(copies):
         rewritten.append([])
-        for sentence in sentences:
-            spans = entity_spans(sentence.tags)
-            if not spans:
-                continue
+        for sentence_words, spans in with_entities:
             words, last = [], 0
             for kind, start, end in spans:
-                words += sentence.words[last:start]
+                words += sentence_words[last:start]
                 words += rng.choice(mentions[kind])
                 last = end
-            rewritten[-1].append(words + sentence.words[last:])
+            rewritten[-1].append(words + sentence_words[last:])
     return rewritten

@@ -31,6 +31,13 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
+def print_wide(renderable, min_width: int) -> None:
+    """Print a wide table whole: rich assumes 80 columns for a log file or a pipe."""
+    if not console.is_terminal:
+        console.width = max(console.width, min_width)
+    console.print(renderable)
+
+
 def run_cli(main: Callable[[], int]) -> int:
     quiet_libraries()
     try:

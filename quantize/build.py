@@ -188,11 +188,11 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
     min_f1 = reference * (1 - config.max_f1_drop)
 
     rows = []
-    for variant in variants:
+    for variant, manifest in zip(variants, published, strict=True):
         out_dir = out_root / f"{source.name}-{variant}"
-        if published := up_to_date(variant):
+        if manifest:
             console.print(f"  {out_dir.name}: up to date")
-            rows.append(published)
+            rows.append(manifest)
             continue
         started = time.time()
         with console.status(f"  building {variant}"):
