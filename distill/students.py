@@ -58,13 +58,16 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> dic
 
     Student layer j takes teacher layer layer_map(...)[j + 1] - 1 (alternate layers for a
     half-depth student); embeddings and the classifier head come across too. Where the
-    student is narrower, each tensor takes the teacher tensor's leading slice in every
-    dimension (weight selection), which keeps whole attention heads. Returns which teacher
-    tensor each student tensor came from.
+    student's feed-forward is narrower, each layer keeps the teacher's most important
+    feed-forward neurons (ffn_neuron_order); in every other narrower dimension a tensor
+    takes the teacher tensor's leading slice (weight selection), which keeps whole
+    attention heads. Returns which teacher tensor each student tensor came from.
     """
     layers = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     source_layer = {j: layers[j + 1] - 1 for j in range(student.config.num_hidden_layers)}
     teacher_state = teacher.state_dict()
+    ffn_width = teacher.config.intermediate_size
+    neuron_order = ffn_neuron_order(teacher_state, ffn_width, teacher.config.hidden_size)
     copied = {}
     with torch.no_grad():
         for name, tensor in student.state_dict().items():
@@ -76,9 +79,39 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> dic
                 s > t for s, t in zip(tensor.shape, origin.shape, strict=True)
             ):
                 continue
-            tensor.copy_(origin[tuple(slice(0, size) for size in tensor.shape)])
+            layer = LAYER_KEY.search(source)
+            order = neuron_order.get(int(layer.group(1))) if layer else None
+            for axis, size in enumerate(tensor.shape):
+                if order is not None and origin.shape[axis] == ffn_width and size < ffn_width:
+                    kept = order[:size].sort().values
+                    origin = origin.index_select(axis, kept)
+                else:
+                    origin = origin.narrow(axis, 0, size)
+            tensor.copy_(origin)
             copied[name] = source
     return copied
+
+
+def ffn_neuron_order(state: dict[str, torch.Tensor], ffn_width: int, hidden_size: int
+                     ) -> dict[int, torch.Tensor]:
+    """Each layer's feed-forward neurons, most important first: a neuron's importance is
+    the norm of its input weights times the norm of its output weights (magnitude-based
+    structured pruning), so a narrower feed-forward starts from the neurons that carry the
+    most signal instead of an arbitrary first slice. Found by shape alone: the [ffn, hidden]
+    and [hidden, ffn] weights of a layer (none when the two widths are equal)."""
+    if ffn_width == hidden_size:
+        return {}
+    norms: dict[int, list[torch.Tensor]] = {}
+    for name, tensor in state.items():
+        layer = LAYER_KEY.search(name)
+        if layer is None or tensor.ndim != 2:
+            continue
+        if tensor.shape == (ffn_width, hidden_size):
+            norms.setdefault(int(layer.group(1)), []).append(tensor.norm(dim=1))
+        elif tensor.shape == (hidden_size, ffn_width):
+            norms.setdefault(int(layer.group(1)), []).append(tensor.norm(dim=0))
+    return {layer: torch.stack(found).prod(dim=0).argsort(descending=True)
+            for layer, found in norms.items() if len(found) == 2}
 
 
 def build_student(teacher: torch.nn.Module, spec: StudentSpec, seed: int

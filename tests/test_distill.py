@@ -145,7 +145,7 @@ def test_half_depth_student_takes_alternate_teacher_layers():
     assert {name for name, _ in student.named_parameters()} <= set(copied)
 
 
-def test_narrow_student_takes_leading_slices():
+def test_narrow_student_takes_leading_slices_outside_the_feed_forward():
     teacher = tiny_model(0, layers=6, hidden=16, heads=2, intermediate=32)
     spec = StudentSpec(layers=3, hidden_size=8, heads=1, intermediate_size=16)
     student, _ = build_student(teacher, spec, seed=1)
@@ -156,9 +156,6 @@ def test_narrow_student_takes_leading_slices():
         (s.attention.self.value.weight, t.attention.self.value.weight[:8, :8]),
         (s.attention.output.dense.weight, t.attention.output.dense.weight[:8, :8]),
         (s.attention.output.LayerNorm.weight, t.attention.output.LayerNorm.weight[:8]),
-        (s.intermediate.dense.weight, t.intermediate.dense.weight[:16, :8]),
-        (s.intermediate.dense.bias, t.intermediate.dense.bias[:16]),
-        (s.output.dense.weight, t.output.dense.weight[:8, :16]),
         (student.bert.embeddings.word_embeddings.weight,
          teacher.bert.embeddings.word_embeddings.weight[:, :8]),
         (student.bert.embeddings.position_embeddings.weight,
@@ -169,6 +166,21 @@ def test_narrow_student_takes_leading_slices():
     for got, want in pairs:
         assert got.shape == want.shape
         assert torch.equal(got, want)
+
+
+def test_narrower_feed_forward_keeps_the_strongest_neurons_in_order():
+    teacher = tiny_model(0, layers=2, hidden=16, heads=2, intermediate=32)
+    strong = [3, 10, 20, 31]  # planted: far larger input and output weights than the rest
+    with torch.no_grad():
+        for layer in teacher.bert.encoder.layer:
+            layer.intermediate.dense.weight[strong] *= 50
+            layer.output.dense.weight[:, strong] *= 50
+    student, _ = build_student(teacher, StudentSpec(layers=2, intermediate_size=4), seed=1)
+    for s, t in zip(student.bert.encoder.layer, teacher.bert.encoder.layer, strict=True):
+        assert torch.equal(s.intermediate.dense.weight, t.intermediate.dense.weight[strong])
+        assert torch.equal(s.intermediate.dense.bias, t.intermediate.dense.bias[strong])
+        assert torch.equal(s.output.dense.weight, t.output.dense.weight[:, strong])
+        assert torch.equal(s.output.dense.bias, t.output.dense.bias)  # hidden-sized: whole
 
 
 # --- loss ----------------------------------------------------------------------------------
