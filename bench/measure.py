@@ -1,5 +1,6 @@
 """What the report measures for one artifact, in a process of its own (so that peak memory
-is the artifact's, and no two artifacts share a warmed-up library), plus the machine's
+is the artifact's, and no two artifacts share a warmed-up library; only the peer that
+anchors the latency ratios joins it, after the memory peak is read), plus the machine's
 matrix throughput and each model's FLOPs that give the compute floor.
 
 Latency is wall time from a raw text string to its entities (word splitting, subword
@@ -93,8 +94,13 @@ def state_dict_mb(model: torch.nn.Module) -> float:
 
 def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]],
             test_tags: list[list[str]], latency_texts: list[str],
-            throughput_texts: list[str]) -> dict:
-    """Every number of one report row (in the calling process: run it in a fresh one)."""
+            throughput_texts: list[str], anchor: Candidate | None = None) -> dict:
+    """Every number of one report row (in the calling process: run it in a fresh one).
+
+    With an `anchor`, its latency rounds alternate with this artifact's in this process,
+    and the row carries the anchor's p50 over this artifact's, round by round: a ratio
+    that drift on the machine shifts alike on both sides. The anchor is loaded only after
+    the memory peak is read, so the peak stays this artifact's own."""
     started = time.perf_counter()
     predictor = load(candidate, settings.threads)
     predictor.batch_size = settings.eval_batch_size
@@ -103,16 +109,23 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     predicted = [tags for tags, _ in predictor.tag(test_words)]
     scores = entity_scores(test_tags, predicted)
 
-    latency_round(predictor, latency_texts[: settings.warmup])
-    rounds = [latency_round(predictor, latency_texts) for _ in range(settings.rounds)]
-    every = np.concatenate(rounds)
-    round_p50 = [float(np.percentile(r, 50)) for r in rounds]
-
     predictor.batch_size = settings.throughput_batch
     tick = time.perf_counter()
     for start in range(0, len(throughput_texts), settings.throughput_batch):
         predictor.predict_batch(throughput_texts[start: start + settings.throughput_batch])
     throughput = len(throughput_texts) / (time.perf_counter() - tick)
+    peak_rss = peak_rss_mb()
+
+    reference = load(anchor, settings.threads) if anchor else None
+    rounds, anchor_p50 = [], []
+    for timed in [reference, predictor] if reference else [predictor]:
+        latency_round(timed, latency_texts[: settings.warmup])
+    for _ in range(settings.rounds):
+        if reference:
+            anchor_p50.append(float(np.percentile(latency_round(reference, latency_texts), 50)))
+        rounds.append(latency_round(predictor, latency_texts))
+    every = np.concatenate(rounds)
+    round_p50 = [float(np.percentile(r, 50)) for r in rounds]
 
     shape = model_shape(candidate.model_folder)
     tokens = [token_count(predictor, text) for text in latency_texts]
@@ -134,10 +147,14 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "p50_rounds_ms": round_p50,
         "p50_spread_ms": max(round_p50) - min(round_p50),
         "latency_samples": int(every.size),
+        "anchor": anchor.name if anchor else None,
+        "anchor_p50_rounds_ms": anchor_p50,
+        "vs_anchor_rounds": [a / o for a, o in zip(anchor_p50, round_p50, strict=True)]
+        if anchor else None,
         "throughput_sps": throughput,
         "throughput_batch": settings.throughput_batch,
         "size_mb": candidate.size_mb,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
         "median_tokens": statistics.median(tokens),
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,

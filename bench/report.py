@@ -8,6 +8,12 @@ reference of every ratio), the distilled students, every quantized artifact, and
 peers built from the teacher: PyTorch dynamic INT8 (torch.ao) and ONNX Runtime dynamic
 INT8 of the unfused export (what a default Optimum quantization gives). Each row is
 measured in a fresh process, one after another, at a fixed thread count.
+
+Ratios are paired: in every row's process, its latency rounds alternate with the ORT peer's
+(cheap to time, so it anchors every row), and a speedup is the median over rounds of the
+two p50s' ratio; the speedup over the eager teacher is the row's over the peer divided by
+the teacher's over the peer. On a shared machine whose speed drifts by tens of percent
+within minutes, ratios between rows timed minutes apart would carry that drift.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -88,6 +95,7 @@ def report(config: ReportConfig, command: str) -> int:
     throughput_texts = sentence_texts(
         [words[i % len(words)] for i in range(config.throughput_sentences)])
 
+    anchor = next((c for c in candidates if c.kind == ORT_DYNAMIC_INT8), None)
     rows, failed = [], []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
@@ -97,7 +105,7 @@ def report(config: ReportConfig, command: str) -> int:
             tick = time.time()
             try:
                 row = isolated(measure, candidate, settings, words, tags, latency_texts,
-                               throughput_texts)
+                               throughput_texts, None if candidate is anchor else anchor)
             except Exception as error:  # one broken artifact must not sink the report
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")
@@ -107,7 +115,7 @@ def report(config: ReportConfig, command: str) -> int:
                                    "measure_s": round(time.time() - tick, 1)})
             progress.advance(task)
 
-    add_ratios(rows)
+    add_ratios(rows, anchor.name if anchor else None)
     frontier = pareto_front([(r["name"], r["p50_ms"], r["test_f1"]) for r in rows])
     wall = time.time() - started
     result = {
@@ -121,6 +129,7 @@ def report(config: ReportConfig, command: str) -> int:
         "rows": rows,
         "failed": failed,
         "pareto": frontier,
+        "anchored": anchor is not None,
         "wall_s": round(wall, 1),
     }
     result["checks"] = target_checks(rows, wall)
@@ -177,7 +186,8 @@ def find_candidates(run_dir: Path, config: ReportConfig) -> list[Candidate]:
                               manifest["precision"], False, model_folder,
                               manifest["size_mb"], source))
     if config.artifacts is not None:
-        wanted = set(config.artifacts) | {EAGER}  # ratios need the eager teacher
+        # Ratios need the eager teacher and the peer that anchors them.
+        wanted = set(config.artifacts) | {EAGER, f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"}
         rows = [row for row in rows if row.name in wanted]
     return rows
 
@@ -206,13 +216,31 @@ def weights_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20, 2)
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """Speedup against the eager teacher, F1 change against it, distance to the floor."""
+def add_ratios(rows: list[dict], anchor: str | None) -> None:
+    """Speedups against the eager teacher and the ORT peer, F1 change against the teacher,
+    distance to the floor. Rows timed beside the anchor use the paired ratios (see the
+    module notes); without an anchor, ratios are of p50s measured in different processes."""
     eager = next((r for r in rows if r["name"] == EAGER), None)
+    peer = next((r for r in rows if r["name"] == anchor), None)
     for row in rows:
-        row["speedup_vs_eager"] = eager["p50_ms"] / row["p50_ms"] if eager else None
+        row["speedup_vs_peer"] = paired_ratio(row, anchor) or (
+            peer["p50_ms"] / row["p50_ms"] if peer else None)
+    for row in rows:
+        if eager is None:
+            row["speedup_vs_eager"] = None
+        elif row["speedup_vs_peer"] is not None and eager["speedup_vs_peer"] is not None:
+            row["speedup_vs_eager"] = row["speedup_vs_peer"] / eager["speedup_vs_peer"]
+        else:
+            row["speedup_vs_eager"] = eager["p50_ms"] / row["p50_ms"]
         row["f1_change_vs_teacher"] = row["test_f1"] - eager["test_f1"] if eager else None
         row["floor_ratio"] = row["p50_ms"] / row["floor_ms"] if row["floor_ms"] else None
+
+
+def paired_ratio(row: dict, anchor: str | None) -> float | None:
+    """The anchor's p50 over the row's, median over rounds timed in one process."""
+    if anchor is not None and row["name"] == anchor:
+        return 1.0
+    return statistics.median(row["vs_anchor_rounds"]) if row.get("vs_anchor_rounds") else None
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
@@ -249,8 +277,7 @@ def target_checks(rows: list[dict], wall_s: float) -> list[dict]:
         "artifact": best["name"] if best else None,
         "value": best["speedup_vs_eager"] if best else None,
         "met": bool(best) and best["speedup_vs_eager"] >= TARGETS["speedup_vs_eager"]})
-    ort_peer = next((r for r in rows if r["name"].endswith(f"{ORT_DYNAMIC_INT8}-unfused")), None)
-    ratio = ort_peer["p50_ms"] / best["p50_ms"] if best and ort_peer else None
+    ratio = best["speedup_vs_peer"] if best else None
     checks.append({
         "target": f"the same artifact >= {TARGETS['speedup_vs_ort_peer']:g}x faster than the "
                   "teacher's ONNX Runtime dynamic INT8 peer",
@@ -284,7 +311,7 @@ def machine() -> str:
 
 
 COLUMNS = ("artifact", "backend", "prec.", "test F1", "p50 ms", "± ms", "p90 ms", "p99 ms",
-           "sent/s", "MB", "RSS MB", "floor ms", "x floor", "speedup")
+           "sent/s", "MB", "RSS MB", "floor ms", "x floor", "x eager", "x peer")
 
 
 def cells(row: dict) -> list[str]:
@@ -296,12 +323,14 @@ def cells(row: dict) -> list[str]:
             f"{row['p50_spread_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
             f"{row['throughput_sps']:.0f}", f"{row['size_mb']:.1f}",
             f"{row['peak_rss_mb']:.0f}", number(row["floor_ms"], ".2f"),
-            number(row["floor_ratio"], ".1f"), number(row["speedup_vs_eager"], ".1f") + "x"]
+            number(row["floor_ratio"], ".1f"), number(row["speedup_vs_eager"], ".2f") + "x",
+            number(row["speedup_vs_peer"], ".2f") + "x"]
 
 
 def print_table(result: dict) -> None:
     table = Table(title=f"Latency against F1, {result['threads']} threads "
-                        f"(★ Pareto frontier; speedup against the eager teacher)")
+                        f"(★ Pareto frontier; speedups against the eager teacher and the "
+                        f"ORT peer)")
     for index, column in enumerate(COLUMNS):
         table.add_column(column, justify="left" if index < 3 else "right", no_wrap=index == 0)
     for row in result["rows"]:
@@ -310,7 +339,7 @@ def print_table(result: dict) -> None:
         if row["name"] in result["pareto"]:
             values[0] = "★ " + values[0]
         table.add_row(*values, style=style)
-    print_wide(table, 180)  # fourteen columns
+    print_wide(table, 190)  # fifteen columns
     for failure in result["failed"]:
         console.print(f"[red]not measured[/]: {failure['name']}: {failure['error']}")
     for check in result["checks"]:
@@ -335,8 +364,14 @@ def markdown(result: dict) -> str:
         f"{result['settings']['latency_rounds']} rounds after "
         f"{result['settings']['warmup']} warm-up calls (± is the spread of p50 across "
         f"rounds); throughput at batch {result['settings']['throughput_batch']}",
-        f"- floor: FLOPs of each sentence from the model's shape over the matrix throughput "
-        f"of its precision; speedup against `{EAGER}` (Hugging Face PyTorch eager FP32)",
+        "- floor: FLOPs of each sentence from the model's shape over the matrix throughput "
+        "of its precision",
+        f"- x eager, x peer: speedup against `{EAGER}` (Hugging Face PyTorch eager FP32) and "
+        f"against the teacher's ONNX Runtime dynamic INT8 (unfused); "
+        + ("paired: each row's latency rounds alternate with the peer's in the row's own "
+           "process, a ratio is the median over rounds, and x eager is the row's x peer over "
+           "the teacher's" if result["anchored"] else
+           "ratios of p50s measured in separate processes"),
         f"- wall time: {result['wall_s'] / 60:.1f} min",
         "",
         "| " + " | ".join(COLUMNS) + " |",

@@ -10,7 +10,7 @@ import pytest
 
 from bench.compare import round_ratios
 from bench.measure import evenly_spaced, flops
-from bench.report import best_int8_student, pareto_front, target_checks
+from bench.report import add_ratios, best_int8_student, pareto_front, target_checks
 from tests.conftest import run_module
 from tests.test_teacher import tiny_args
 
@@ -47,10 +47,43 @@ def test_evenly_spaced_covers_the_split():
     assert evenly_spaced(1, 5) == [0]
 
 
-def row(name, p50, f1, precision="int8", source="L3", is_peer=False, floor=1.0, eager=20.0):
+def row(name, p50, f1, precision="int8", source="L3", is_peer=False, floor=1.0, eager=20.0,
+        peer=6.0):
     return {"name": name, "p50_ms": p50, "test_f1": f1, "precision": precision,
             "source": source, "is_peer": is_peer, "floor_ms": floor,
-            "floor_ratio": p50 / floor, "speedup_vs_eager": eager / p50}
+            "floor_ratio": p50 / floor, "speedup_vs_eager": eager / p50,
+            "speedup_vs_peer": peer / p50}
+
+
+def timed(name, p50_rounds, anchor_rounds=None, f1=0.9, floor=None):
+    """A measured row before add_ratios: p50 per round, and the anchor's beside it."""
+    return {"name": name, "p50_ms": sorted(p50_rounds)[len(p50_rounds) // 2], "test_f1": f1,
+            "floor_ms": floor, "vs_anchor_rounds": None if anchor_rounds is None else
+            [a / p for a, p in zip(anchor_rounds, p50_rounds, strict=True)]}
+
+
+def test_paired_ratios_cancel_drift_between_processes():
+    # The machine ran twice as slow while L3 was measured: its own p50 looks no better
+    # than the teacher's ORT peer measured earlier, but beside the peer it is 3x faster.
+    peer = timed("peer", [2.0, 2.0, 2.0])
+    eager = timed("teacher", [12.0, 12.0, 13.0], anchor_rounds=[2.0, 2.0, 2.0], f1=0.9)
+    l3 = timed("L3", [2.0, 2.0, 2.2], anchor_rounds=[6.0, 6.0, 6.0], f1=0.89, floor=0.5)
+    rows = [eager, peer, l3]
+    add_ratios(rows, anchor="peer")
+    assert peer["speedup_vs_peer"] == 1.0
+    assert l3["speedup_vs_peer"] == pytest.approx(3.0)  # median of 3, 3, 2.73
+    assert eager["speedup_vs_peer"] == pytest.approx(2 / 12)
+    assert eager["speedup_vs_eager"] == pytest.approx(1.0)
+    assert l3["speedup_vs_eager"] == pytest.approx(3.0 / (2 / 12))  # 18x, not 12/2 = 6x
+    assert peer["speedup_vs_eager"] == pytest.approx(6.0)
+    assert l3["floor_ratio"] == pytest.approx(4.0) and eager["floor_ratio"] is None
+    assert l3["f1_change_vs_teacher"] == pytest.approx(-0.01)
+
+
+def test_without_an_anchor_ratios_are_of_p50s():
+    rows = [timed("teacher", [12.0]), timed("L3", [3.0])]
+    add_ratios(rows, anchor=None)
+    assert rows[1]["speedup_vs_eager"] == 4.0 and rows[1]["speedup_vs_peer"] is None
 
 
 def test_checks_pick_the_fastest_int8_student_within_the_f1_limit():
@@ -123,6 +156,12 @@ def test_report_f1_is_the_runtime_f1_of_each_artifact(reported):
     assert rows["teacher"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
     assert rows["teacher-onnx-fp32"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
     assert rows["teacher"]["speedup_vs_eager"] == 1.0
+    anchor = "teacher-ort-dynamic-int8-unfused"
+    assert rows[anchor]["speedup_vs_peer"] == 1.0 and rows[anchor]["vs_anchor_rounds"] is None
+    for name, r in rows.items():
+        if name != anchor:  # timed beside the peer, round for round
+            assert r["anchor"] == anchor and len(r["vs_anchor_rounds"]) == 2, name
+            assert len(r["anchor_p50_rounds_ms"]) == 2 and r["speedup_vs_peer"] > 0, name
 
 
 def test_round_ratios_are_per_round_speedups_over_the_first():
