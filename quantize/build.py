@@ -302,7 +302,8 @@ def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: di
                  {"graph": "exported", "quantization": "static QDQ",
                   "calibration": {"method": config.calibration_method,
                                   "sentences": reader.sentences, "split": "train"},
-                  "weights": "int8 symmetric per-channel", "activations": "int8 symmetric",
+                  "weights": "int8 symmetric per-channel, 7-bit range",
+                  "activations": "uint8 asymmetric",
                   "embeddings_quantized": config.quantize_embeddings,
                   "fp32_ops": ort_quant.float_ops(target), "fallback": fallback})
 

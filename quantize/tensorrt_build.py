@@ -4,14 +4,14 @@ trt-fp16: the PyTorch model in FP16, exported with torch.export for dynamic batc
 sequence axes, compiled by Torch-TensorRT's dynamo frontend and saved as an ExportedProgram
 (model.ep) that `torch_tensorrt.load` reads back.
 
-trt-int8: explicit quantization. The plain ONNX export is quantized into the same QDQ form
-as ort-int8-static (int8 symmetric per-channel weights, int8 symmetric activations,
-calibrated on train sentences); TensorRT's ONNX parser reads it into a strongly typed
-network, so the Q/DQ pairs decide what runs in int8, and the engine is serialized to
-model.engine. Torch-TensorRT's own INT8 route needs NVIDIA ModelOpt to insert the Q/DQ
-nodes; this path reuses the project's calibrated QDQ model instead, the one the CPU
-variants already judge, and TensorRT 11 has no other INT8 route (its implicit INT8
-calibration and precision builder flags are gone).
+trt-int8: explicit quantization. The plain ONNX export is quantized into QDQ form as
+ort-int8-static is, but with symmetric int8 activations, as TensorRT requires (int8
+symmetric per-channel weights, calibrated on train sentences); TensorRT's ONNX parser
+reads it into a strongly typed network, so the Q/DQ pairs decide what runs in int8, and
+the engine is serialized to model.engine. Torch-TensorRT's own INT8 route needs NVIDIA
+ModelOpt to insert the Q/DQ nodes; this path reuses the project's calibration and QDQ
+quantizer instead, the ones the CPU variants already judge, and TensorRT 11 has no other
+INT8 route (its implicit INT8 calibration and precision builder flags are gone).
 
 Both artifacts hold engines for one GPU architecture and one TensorRT version; the settings
 they were built with go to the manifest.
@@ -211,7 +211,7 @@ def quantize_for_tensorrt(source: Source, config: QuantizeConfig, plain: Path, s
     # Embedding tables stay FP32: TensorRT's int8 kernels are the GEMMs, and a Gather
     # would read an int8 table through a DequantizeLinear that only gives back FP32.
     ort_quant.quantize_static_qdq(plain, target, reader, config.calibration_method,
-                                  quantize_embeddings=False)
+                                  quantize_embeddings=False, symmetric_activations=True)
     return reader.sentences
 
 

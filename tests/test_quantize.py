@@ -67,6 +67,12 @@ def test_fp32_export_matches_pytorch(tiny_classifier, exported):
     assert not parity.ok(-1.0)
 
 
+def activation_zero_points(model: onnx.ModelProto) -> list[np.ndarray]:
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return [initializers[n.input[2]] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in initializers]
+
+
 def test_every_static_matmul_has_symmetric_int8_per_channel_weights(static_qdq):
     model = onnx.load(str(static_qdq))
     initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -85,14 +91,71 @@ def test_every_static_matmul_has_symmetric_int8_per_channel_weights(static_qdq):
         assert weight.dtype == np.int8, node.name
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
         assert scale.shape == (weight.shape[1],), node.name  # one scale per output channel
-    # Activations too: symmetric int8, zero point 0.
-    activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear"
-                   and n.input[0] not in initializers]
-    assert activations
-    for node in activations:
-        zero_point = initializers[node.input[2]]
-        assert zero_point.dtype == np.int8 and not zero_point.any()
+    # Activations for ONNX Runtime on x86: uint8 with a zero point (u8 x s8 kernels).
+    zero_points = activation_zero_points(model)
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
     assert ort_quant.float_ops(static_qdq) == {}
+
+
+def test_tensorrt_form_has_symmetric_int8_activations(exported, tiny_classifier, tmp_path):
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    target = tmp_path / "static.onnx"
+    ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False,
+                                  symmetric_activations=True)
+    zero_points = activation_zero_points(onnx.load(str(target)))
+    assert zero_points
+    for zero_point in zero_points:
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+
+
+def test_embedding_tables_are_gathered_before_they_are_dequantized(static_qdq):
+    model = onnx.load(str(static_qdq))
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    tables = [n for n in model.graph.node if n.op_type == "Gather"
+              and n.input[0] in initializers and len(initializers[n.input[0]].dims) == 2]
+    assert len(tables) == 3  # word, position and token type embeddings
+    for gather in tables:  # rows of the 8-bit table, dequantized after the lookup
+        assert initializers[gather.input[0]].data_type in (onnx.TensorProto.INT8,
+                                                            onnx.TensorProto.UINT8)
+        consumers = [n for n in model.graph.node if gather.output[0] in n.input]
+        assert [n.op_type for n in consumers] == ["DequantizeLinear"]
+    assert not any(producers.get(n.input[0]) is not None and
+                   producers[n.input[0]].op_type == "DequantizeLinear"
+                   for n in model.graph.node if n.op_type == "Gather")
+    onnx.checker.check_model(model)  # nodes still in topological order
+
+
+def test_gather_rewrite_gives_the_same_values():
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    table = rng.integers(-127, 128, (10, 4), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["table", "scale", "zero"], ["dequantized"]),
+         helper.make_node("Gather", ["dequantized", "ids"], ["rows"]),
+         helper.make_node("Relu", ["rows"], ["out"])],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(table, "table"),
+         numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+         numpy_helper.from_array(np.array(0, np.int8), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.array([3, 0, 9, 3])
+    before = ort_run(model, ids)
+    assert ort_quant.gather_before_dequantize(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Gather", "DequantizeLinear", "Relu"]
+    np.testing.assert_array_equal(ort_run(model, ids), before)
+    np.testing.assert_array_equal(before, np.maximum(table[ids] * np.float32(0.05), 0))
+
+
+def ort_run(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"ids": ids})[0]
 
 
 def test_embeddings_stay_fp32_when_asked(exported, tiny_classifier, tmp_path):
