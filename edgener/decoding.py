@@ -28,14 +28,10 @@ def _transition_mask(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return start, transition
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def constrained_path(scores: np.ndarray, labels: Sequence[str]) -> list[int]:
-    """Label indices of the best valid IOB2 path through per-word log-probabilities
-    [words, labels].
+    """Label indices of the best valid IOB2 path through per-word scores [words, labels]:
+    logits or log-probabilities alike, since every path takes one label a word, and a
+    constant added to one word's scores moves every path's total by the same amount.
 
     The unconstrained best path is each word's argmax; when that path is already valid
     (most sentences) it is also the best valid one, so Viterbi runs only when it is not.
@@ -60,5 +56,10 @@ def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
     """Tags for one sentence's word logits [words, labels], never an invalid IOB2 sequence."""
     if len(logits) == 0:
         return []
-    path = constrained_path(log_softmax(logits.astype(np.float64)), labels)
-    return [labels[i] for i in path]
+    return [labels[i] for i in constrained_path(logits, labels)]
+
+
+def path_probabilities(logits: np.ndarray, path: Sequence[int]) -> np.ndarray:
+    """The softmax probability of the label each word takes on `path`."""
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp[np.arange(len(path)), path] / exp.sum(axis=1)

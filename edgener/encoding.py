@@ -112,6 +112,7 @@ class Encoder:
         self.cls_id = tokenizer.cls_token_id
         self.sep_id = tokenizer.sep_token_id
         self.unk_id = tokenizer.unk_token_id
+        self.pad_id = tokenizer.pad_token_id  # transformers' attribute lookup is slow per call
         # The Rust tokenizer alone, without the padding and truncation that a tokenizer.json
         # may carry (transformers resets them on every call; this copy never has them).
         self.word_piecer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -252,9 +253,8 @@ def gather_word_logits(
         sentence = window.sentence
         if out[sentence] is None:
             out[sentence] = np.zeros((sentence_lengths[sentence], logits.shape[-1]), np.float32)
-        owned = np.asarray(window.owned_words)
-        positions = np.nonzero(owned >= 0)[0]
-        out[sentence][owned[positions]] = logits[positions]
+        positions = [i for i, word in enumerate(window.owned_words) if word >= 0]
+        out[sentence][[window.owned_words[i] for i in positions]] = logits[positions]
     return [
         o if o is not None else np.zeros((0, 0), np.float32) for o in out
     ]

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgener.artifacts import ArtifactError, read_json, read_manifest
 from edgener.backbone import load_tokenizer
-from edgener.decoding import constrained_path, log_softmax
+from edgener.decoding import constrained_path, path_probabilities
 from edgener.encoding import Encoder
 from edgener.runtime import Backend, word_logits
 from edgener.serving import load_backend
@@ -80,10 +80,8 @@ class Predictor:
             if len(logits) == 0:
                 out.append(([], np.zeros(0)))
                 continue
-            scores = log_softmax(logits.astype(np.float64))
-            path = constrained_path(scores, self.labels)
-            out.append(([self.labels[i] for i in path],
-                        np.exp(scores[np.arange(len(path)), path])))
+            path = constrained_path(logits, self.labels)
+            out.append(([self.labels[i] for i in path], path_probabilities(logits, path)))
         return out
 
     def predict_batch(self, texts: Sequence[str]) -> list[list[Entity]]:

@@ -78,11 +78,10 @@ def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence
                 batch_size: int) -> list[np.ndarray]:
     """Word-level logits for each sentence, every word predicted by the window owning it."""
     windows = encoder.encode_all(sentences)
-    pad_id = encoder.tokenizer.pad_token_id
 
     def window_logits():
         for indices in eval_batches([len(w.input_ids) for w in windows], batch_size):
-            logits = backend(pad_arrays([windows[i] for i in indices], pad_id))
+            logits = backend(pad_arrays([windows[i] for i in indices], encoder.pad_id))
             for row, index in enumerate(indices):
                 yield index, logits[row, : len(windows[index].input_ids)]
 

@@ -7,7 +7,7 @@ kept whole), so raw text is split the same way before it meets the subword token
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 WORD = re.compile(
     r"""
@@ -23,14 +23,15 @@ WORD = re.compile(
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 
-@dataclass(frozen=True)
-class Word:
+class Word(NamedTuple):  # a tuple: made once per word of every request
     text: str
     start: int  # character offsets in the original string, end exclusive
     end: int
 
 
 def split_words(text: str) -> list[Word]:
+    if not CJK.search(text):  # the common case: one pass, no per-token script check
+        return [Word(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
     words = []
     for match in WORD.finditer(text):
         token, start = match.group(), match.start()

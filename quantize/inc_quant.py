@@ -185,7 +185,7 @@ def build(source: Source, config: QuantizeConfig, splits: dict, min_f1: float,
     started = time.time()
     encoder = source.encoder
     max_length = min(encoder.max_length, source.model.config.max_position_embeddings)
-    pad_id = encoder.tokenizer.pad_token_id or 0
+    pad_id = encoder.pad_id or 0
     graph = export_for_pt2e(source.model, max_length, pad_id)
     seconds["export"] = time.time() - started
 

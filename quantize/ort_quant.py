@@ -50,8 +50,7 @@ class CalibrationReader:
 
     def __init__(self, encoder: Encoder, sentences: Sequence[Sequence[str]], batch_size: int = 16):
         windows = encoder.encode_all(sentences)
-        pad_id = encoder.tokenizer.pad_token_id
-        self.batches = [pad_arrays([windows[i] for i in indices], pad_id)
+        self.batches = [pad_arrays([windows[i] for i in indices], encoder.pad_id)
                         for indices in eval_batches([len(w.input_ids) for w in windows],
                                                     batch_size)]
         self.sentences = len(sentences)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgener.decoding import constrained_decode
+from edgener.decoding import constrained_decode, path_probabilities
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -156,3 +156,13 @@ def test_matches_brute_force_over_valid_sequences(labels, max_length, cases):
         if best_score - second_score > 1e-9:
             assert tags == best, (argmax, tags, best)
     assert invalid_argmax >= cases // 4
+
+
+def test_path_probabilities_are_the_softmax_of_each_chosen_label():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=4.0, size=(6, len(LABELS))).astype(np.float32)
+    logits[2] += 80.0  # large logits must not overflow
+    path = [0, 3, 4, 0, 1, 2]
+    expected = [np.exp(reference_log_softmax(logits - logits.max())[t, i])
+                for t, i in enumerate(path)]
+    np.testing.assert_allclose(path_probabilities(logits, path), expected, rtol=1e-5)
