@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch._dynamo
-import torch._inductor.config
 
 from edgener.artifacts import ArtifactError
 from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, torch_backend
@@ -61,6 +59,11 @@ class GraphBackend:
         if width < 2:
             arrays = [np.pad(a, ((0, 0), (0, 1))) for a in arrays]
         inputs = [torch.from_numpy(a) for a in arrays]
+        # Here, not at the top: the compiler stack takes seconds to import, and only
+        # neural-compressor artifacts need it.
+        import torch._dynamo
+        import torch._inductor.config
+
         try:
             # Freezing makes the weights constants, which is what lets inductor pack them
             # for oneDNN's INT8 GEMMs; without it the compiled graph still runs FP32 GEMMs.
