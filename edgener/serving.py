@@ -61,15 +61,15 @@ class GraphBackend:
         inputs = [torch.from_numpy(a) for a in arrays]
         # Here, not at the top: the compiler stack takes seconds to import, and only
         # neural-compressor artifacts need it.
-        import torch._dynamo
-        import torch._inductor.config
+        from torch._dynamo.exc import TorchDynamoException
+        from torch._inductor import config as inductor_config
 
         try:
             # Freezing makes the weights constants, which is what lets inductor pack them
             # for oneDNN's INT8 GEMMs; without it the compiled graph still runs FP32 GEMMs.
-            with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            with torch.no_grad(), inductor_config.patch(freezing=True):
                 logits = self._run(*inputs)
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except TorchDynamoException as error:
             raise ArtifactError(f"neural-compressor: torch.compile of the INT8 graph failed "
                                 f"({type(error).__name__}: {str(error).splitlines()[0]})"
                                 ) from error
