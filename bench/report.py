@@ -100,7 +100,9 @@ def report(config: ReportConfig, command: str) -> int:
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("measuring", total=len(candidates))
-        for candidate in candidates:
+        # The anchor first: every other row loads it, so if it cannot be measured, the
+        # rest are timed without it rather than all failing.
+        for candidate in sorted(candidates, key=lambda c: c is not anchor):
             progress.update(task, description=f"measuring {candidate.name}")
             tick = time.time()
             try:
@@ -110,11 +112,15 @@ def report(config: ReportConfig, command: str) -> int:
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")
                 failed.append({"name": candidate.name, "error": message})
+                if candidate is anchor:
+                    anchor = None
             else:
                 rows.append(row | {"source": candidate.source,
                                    "measure_s": round(time.time() - tick, 1)})
             progress.advance(task)
 
+    order = [c.name for c in candidates]
+    rows.sort(key=lambda r: order.index(r["name"]))
     add_ratios(rows, anchor.name if anchor else None)
     frontier = pareto_front([(r["name"], r["p50_ms"], r["test_f1"]) for r in rows])
     wall = time.time() - started
