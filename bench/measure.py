@@ -118,7 +118,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
 
     reference = load(anchor, settings.threads) if anchor else None
     rounds, anchor_p50 = [], []
-    for timed in [reference, predictor] if reference else [predictor]:
+    for timed in (p for p in (reference, predictor) if p is not None):
         latency_round(timed, latency_texts[: settings.warmup])
     for _ in range(settings.rounds):
         if reference:

@@ -54,6 +54,7 @@ from edgener.data import load_dataset, recorded_dataset
 from edgener.training import console
 
 EAGER = "teacher"  # the row every speedup is relative to
+ORT_PEER = f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"  # the peer every row is timed beside
 TARGETS = {"speedup_vs_eager": 8.0, "max_f1_drop_points": 1.5, "speedup_vs_ort_peer": 2.5,
            "max_floor_ratio": 3.0, "max_wall_minutes": 15.0}
 
@@ -193,7 +194,7 @@ def find_candidates(run_dir: Path, config: ReportConfig) -> list[Candidate]:
                               manifest["size_mb"], source))
     if config.artifacts is not None:
         # Ratios need the eager teacher and the peer that anchors them.
-        wanted = set(config.artifacts) | {EAGER, f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"}
+        wanted = set(config.artifacts) | {EAGER, ORT_PEER}
         rows = [row for row in rows if row.name in wanted]
     return rows
 
@@ -212,7 +213,7 @@ def peers(run_dir: Path, teacher: Path) -> list[Candidate]:
     path = run_dir / ".report-work" / f"{EAGER}-{ORT_DYNAMIC_INT8}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(exported, path)  # the library's defaults, no graph fusions
-    found.append(Candidate(f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused", ORT_DYNAMIC_INT8, teacher,
+    found.append(Candidate(ORT_PEER, ORT_DYNAMIC_INT8, teacher,
                            "onnxruntime", "int8", True, teacher,
                            round(path.stat().st_size / 2**20, 2), EAGER, path))
     return found

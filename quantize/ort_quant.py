@@ -90,9 +90,10 @@ def quantize_static_qdq(source: Path, target: Path, reader: CalibrationReader, m
         calibrate_method=methods[method],
         extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
     )
-    model = onnx.load(str(target))
-    if gather_before_dequantize(model):
-        onnx.save(model, str(target))
+    if quantize_embeddings:  # only quantized tables need the rewrite
+        model = onnx.load(str(target))
+        if gather_before_dequantize(model):
+            onnx.save(model, str(target))
 
 
 def gather_before_dequantize(model: onnx.ModelProto) -> int:
