@@ -18,8 +18,8 @@ class DistillConfig(TrainSettings):
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     train_limit: int | None = None
     eval_limit: int | None = None
-    # Students: name -> {layers, hidden_size, heads, intermediate_size, augment_copies};
-    # None keeps the teacher's width (and head size).
+    # Students: name -> {layers, hidden_size, heads, intermediate_size, augment_copies,
+    # init_from}; None keeps the teacher's width (and head size).
     students: dict = field(default_factory=dict)
     only: list | None = None  # train just these students
     baselines: bool = True  # also train each student without distillation

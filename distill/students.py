@@ -25,6 +25,11 @@ class StudentSpec:
     # transfer text when this student is distilled (distill/augment.py); not a shape, and
     # its baseline never sees them.
     augment_copies: int = 0
+    # A distilled student of the same run to start from instead of the teacher (prune,
+    # then distill again): its layers map onto this shape like the teacher's would, and a
+    # narrower feed-forward keeps its strongest neurons. The baseline still starts from
+    # the teacher.
+    init_from: str | None = None
 
 
 def student_config(teacher: PretrainedConfig, spec: StudentSpec) -> PretrainedConfig:
@@ -53,33 +58,35 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [int(i * teacher_layers / student_layers + 0.5) for i in range(student_layers + 1)]
 
 
-def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> dict[str, str]:
-    """Copy the teacher's weights into the student as well as its shape allows.
+def init_from_model(student: torch.nn.Module, source: torch.nn.Module) -> dict[str, str]:
+    """Copy a larger model's weights (the teacher's, or a student's being pruned) into the
+    student as well as its shape allows.
 
-    Student layer j takes teacher layer layer_map(...)[j + 1] - 1 (alternate layers for a
+    Student layer j takes source layer layer_map(...)[j + 1] - 1 (alternate layers for a
     half-depth student); embeddings and the classifier head come across too. Where the
-    student's feed-forward is narrower, each layer keeps the teacher's most important
+    student's feed-forward is narrower, each layer keeps the source's most important
     feed-forward neurons (ffn_neuron_order); in every other narrower dimension a tensor
-    takes the teacher tensor's leading slice (weight selection), which keeps whole
-    attention heads. Returns which teacher tensor each student tensor came from.
+    takes the source tensor's leading slice (weight selection), which keeps whole
+    attention heads. Returns which source tensor each student tensor came from.
     """
-    layers = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    layers = layer_map(student.config.num_hidden_layers, source.config.num_hidden_layers)
     source_layer = {j: layers[j + 1] - 1 for j in range(student.config.num_hidden_layers)}
-    teacher_state = teacher.state_dict()
-    ffn_width = teacher.config.intermediate_size
-    neuron_order = ffn_neuron_order(teacher_state, ffn_width, teacher.config.hidden_size)
+    source_state = source.state_dict()
+    ffn_width = source.config.intermediate_size
+    neuron_order = ffn_neuron_order(source_state, ffn_width, source.config.hidden_size)
     copied = {}
     with torch.no_grad():
         for name, tensor in student.state_dict().items():
-            source = LAYER_KEY.sub(lambda m: f".layer.{source_layer[int(m.group(1))]}.", name)
-            if source not in teacher_state:
+            source_name = LAYER_KEY.sub(lambda m: f".layer.{source_layer[int(m.group(1))]}.",
+                                        name)
+            if source_name not in source_state:
                 continue
-            origin = teacher_state[source]
+            origin = source_state[source_name]
             if origin.ndim != tensor.ndim or any(
                 s > t for s, t in zip(tensor.shape, origin.shape, strict=True)
             ):
                 continue
-            layer = LAYER_KEY.search(source)
+            layer = LAYER_KEY.search(source_name)
             order = neuron_order.get(int(layer.group(1))) if layer else None
             for axis, size in enumerate(tensor.shape):
                 if order is not None and origin.shape[axis] == ffn_width and size < ffn_width:
@@ -88,7 +95,7 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> dic
                 else:
                     origin = origin.narrow(axis, 0, size)
             tensor.copy_(origin)
-            copied[name] = source
+            copied[name] = source_name
     return copied
 
 
@@ -114,11 +121,14 @@ def ffn_neuron_order(state: dict[str, torch.Tensor], ffn_width: int, hidden_size
             for layer, found in norms.items() if len(found) == 2}
 
 
-def build_student(teacher: torch.nn.Module, spec: StudentSpec, seed: int
+def build_student(teacher: torch.nn.Module, spec: StudentSpec, seed: int,
+                  source: torch.nn.Module | None = None
                   ) -> tuple[torch.nn.Module, dict[str, str]]:
+    """The student's shape follows the spec relative to the teacher; its weights come from
+    `source` (spec.init_from's model) when given, else from the teacher."""
     torch.manual_seed(seed)
     student = AutoModelForTokenClassification.from_config(student_config(teacher.config, spec))
-    copied = init_from_teacher(student, teacher)
+    copied = init_from_model(student, source if source is not None else teacher)
     return student, copied
 
 

@@ -91,6 +91,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     unlabeled = read_unlabeled(config, encoder)
     specs = {name: StudentSpec(**spec) for name, spec in config.students.items()
              if not config.only or name in config.only}
+    check_init_sources(specs)
     # Every student's augmented text is a prefix of the largest request (the same seeded
     # draws), so one teacher cache over labeled + unlabeled + augmented serves them all.
     copies = max((spec.augment_copies for spec in specs.values()), default=0)
@@ -110,14 +111,26 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
             out_name = name if distilled else f"{name}-baseline"
             out_dir = run_dir / "students" / out_name
             recipe = dataclasses.asdict(spec)
-            if not distilled:  # the baseline trains on the labelled split alone
-                recipe.pop("augment_copies")
+            # Fields that came after the first students enter the fingerprint only when
+            # they apply, so students published before them stay current; the baseline
+            # trains on the labelled split alone, from the teacher.
+            for later_field in ("augment_copies", "init_from"):
+                if not distilled or not recipe[later_field]:
+                    recipe.pop(later_field)
+            source, init = teacher, {"from": "teacher"}
+            if distilled and spec.init_from:
+                source, _, _, source_manifest, _ = load_stage_model(
+                    run_dir / "students" / spec.init_from, "student",
+                    f"python -m distill \"only=[{spec.init_from}]\"")
+                # Retraining the source student makes this one stale too.
+                recipe["init_from"] = [spec.init_from, source_manifest.get("config_fingerprint")]
+                init = {"from": f"students/{spec.init_from}"}
             config_id = fingerprint([base_id, recipe, distilled])
             if not fresh and is_up_to_date(out_dir, config_id):
                 log(f"{out_dir} is up to date; pass --fresh to retrain")
                 rows.append(read_json(out_dir / "metrics.json") | {"name": out_name})
                 continue
-            student, copied = build_student(teacher, spec, config.seed)
+            student, copied = build_student(teacher, spec, config.seed, source)
             student.to(processes.device)
             set_seed(config.seed)
             if distilled:
@@ -166,8 +179,9 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     name=out_name,
                     distilled=distilled,
                     **shape,
-                    init={"from": "teacher", "tensors_copied": len(copied),
-                          "layers": layer_map(spec.layers, teacher.config.num_hidden_layers)[1:]},
+                    init=init | {"tensors_copied": len(copied),
+                                 "layers": layer_map(spec.layers,
+                                                     source.config.num_hidden_layers)[1:]},
                     matches=matches,
                     losses={"kd": {"type": "ce", "weight": config.kd_weight,
                                    "temperature": config.temperature},
@@ -192,6 +206,17 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     if processes.is_main:
         print_students(rows, teacher_test_f1, run_dir / "students")
     return 0
+
+
+def check_init_sources(specs: dict[str, StudentSpec]) -> None:
+    """A student can start from one trained earlier in the same call, never a later one."""
+    order = list(specs)
+    for name, spec in specs.items():
+        if spec.init_from == name:
+            raise ConfigError(f"student {name!r}: init_from names itself")
+        if spec.init_from in specs and order.index(spec.init_from) > order.index(name):
+            raise ConfigError(f"student {name!r} starts from {spec.init_from!r}, which is "
+                              "trained after it; list the source first")
 
 
 def derived_matches(config: DistillConfig, student, teacher) -> list[dict]:

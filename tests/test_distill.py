@@ -35,7 +35,8 @@ from distill.students import (
     layer_map,
     student_config,
 )
-from distill.train import print_students
+from distill.train import check_init_sources, print_students
+from edgener.config import ConfigError
 from edgener.data import Sentence
 from edgener.encoding import IGNORE_INDEX, Window, collate
 from tests.conftest import module_env, run_module
@@ -181,6 +182,39 @@ def test_narrower_feed_forward_keeps_the_strongest_neurons_in_order():
         assert torch.equal(s.intermediate.dense.bias, t.intermediate.dense.bias[strong])
         assert torch.equal(s.output.dense.weight, t.output.dense.weight[:, strong])
         assert torch.equal(s.output.dense.bias, t.output.dense.bias)  # hidden-sized: whole
+
+
+def test_pruned_student_starts_from_the_source_student_not_the_teacher():
+    teacher = tiny_model(0, layers=4, hidden=16, heads=2, intermediate=32)
+    source = tiny_model(5, layers=2, hidden=16, heads=2, intermediate=32)  # a trained student
+    strong = [1, 7, 30]
+    with torch.no_grad():
+        for layer in source.bert.encoder.layer:
+            layer.intermediate.dense.weight[strong] *= 50
+            layer.output.dense.weight[:, strong] *= 50
+    spec = StudentSpec(layers=2, intermediate_size=3, init_from="S")
+    student, copied = build_student(teacher, spec, seed=1, source=source)
+    # Same depth as the source: layer j from layer j, its feed-forward cut to the strongest.
+    assert copied["bert.encoder.layer.1.output.dense.weight"] == \
+        "bert.encoder.layer.1.output.dense.weight"
+    for s, src in zip(student.bert.encoder.layer, source.bert.encoder.layer, strict=True):
+        assert torch.equal(s.intermediate.dense.weight, src.intermediate.dense.weight[strong])
+        assert torch.equal(s.output.dense.weight, src.output.dense.weight[:, strong])
+        assert torch.equal(s.attention.self.key.weight, src.attention.self.key.weight)
+    assert torch.equal(student.classifier.weight, source.classifier.weight)
+    assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
+    # The shape still follows the spec relative to the teacher.
+    assert student.config.intermediate_size == 3
+    assert student.config.num_attention_heads == teacher.config.num_attention_heads
+
+
+@pytest.mark.parametrize(("students", "message"), [
+    ({"P": StudentSpec(layers=1, init_from="P")}, "names itself"),
+    ({"P": StudentSpec(layers=1, init_from="S"), "S": StudentSpec(layers=2)}, "list the source"),
+])
+def test_init_sources_must_be_trained_first(students, message):
+    with pytest.raises(ConfigError, match=message):
+        check_init_sources(students)
 
 
 # --- loss ----------------------------------------------------------------------------------
@@ -554,6 +588,37 @@ def test_augmented_copies_train_only_the_student_that_asks(teacher_copy, conll_d
     batch = 8
     assert read(students / "S1/metrics.json")["steps"] == -(-(labeled + augmented) // batch)
     assert read(students / "N1/metrics.json")["steps"] == -(-labeled // batch)
+
+
+@pytest.mark.slow
+def test_student_pruned_from_a_distilled_one(teacher_copy, conll_dir):
+    pruned_yaml = STUDENTS_YAML.replace(
+        "  N1:\n", "  P1:\n    layers: 1\n    intermediate_size: 16\n    init_from: S1\n"
+        "  N1:\n")
+    preset = teacher_copy / "students.yaml"
+
+    def run(*only: str):
+        return run_module("distill", "--preset", str(preset), "run=d",
+                          f"data_dir={conll_dir.parent}", "train_limit=120", "eval_limit=60",
+                          THREADS, "baselines=false", f"only=[{','.join(only)}]",
+                          cwd=teacher_copy)
+
+    preset.write_text(pruned_yaml)
+    assert_exit_0(run("S1", "P1"))
+    students = teacher_copy / "runs/d/students"
+    pruned = read(students / "P1/manifest.json")
+    assert pruned["init"]["from"] == "students/S1"
+    assert pruned["intermediate_size"] == 16
+    assert read(students / "S1/manifest.json")["init"]["from"] == "teacher"
+    again = run("P1")
+    assert "up to date" in again.stdout, again.stdout
+    # Retraining the source (its own recipe changed, P1's did not) makes P1 stale.
+    preset.write_text(pruned_yaml.replace("  S1:\n    layers: 1\n",
+                                          "  S1:\n    layers: 1\n    augment_copies: 1\n"))
+    assert_exit_0(run("S1"))
+    third = run("P1")
+    assert_exit_0(third)
+    assert "up to date" not in third.stdout
 
 
 @pytest.mark.slow
