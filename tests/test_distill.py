@@ -604,6 +604,10 @@ def test_student_pruned_from_a_distilled_one(teacher_copy, conll_dir):
                           cwd=teacher_copy)
 
     preset.write_text(pruned_yaml)
+    missing = run("P1")  # S1 not trained yet: one line saying how to make it
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stdout + missing.stderr
+    assert "only=[S1]" in missing.stdout, missing.stdout
     assert_exit_0(run("S1", "P1"))
     students = teacher_copy / "runs/d/students"
     pruned = read(students / "P1/manifest.json")
