@@ -412,23 +412,53 @@ def plot(rows: list[dict], frontier: list[str], path: Path) -> None:
             ("o", "tab:blue") if row["precision"] == "int8" else ("^", "tab:orange"))
         axes.scatter(row["p50_ms"], 100 * row["test_f1"], marker=marker, color=colour,
                      edgecolors="black" if row["name"] in frontier else "none", s=60, zorder=3)
-        axes.annotate(row["name"], (row["p50_ms"], 100 * row["test_f1"]), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")
     front = [r for name in frontier for r in rows if r["name"] == name]
     axes.plot([r["p50_ms"] for r in front], [100 * r["test_f1"] for r in front], "--",
               color="tab:green", label="Pareto frontier", zorder=2)
+    axes.set_xscale("log")
     for marker, colour, label in (("^", "tab:orange", "FP32"), ("o", "tab:blue", "INT8"),
                                   ("s", "tab:grey", "peer (from the teacher)")):
         axes.scatter([], [], marker=marker, color=colour, label=label)
-    axes.set_xscale("log")
     axes.set_xlabel("batch-1 latency p50, ms (text in, entities out; log scale)")
     axes.set_ylabel("test entity F1, %")
     axes.set_title("Latency against F1")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     figure.tight_layout()
+    # After the layout: placing labels works in pixels, which the layout would move.
+    place_labels(axes, [(r["name"], r["p50_ms"], 100 * r["test_f1"]) for r in rows])
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# Where a point's label may go, in points from the marker, tried in order.
+LABEL_OFFSETS = [(5, 3), (5, -10), (-5, 3), (-5, -10), (5, 12), (5, -19), (-5, 12),
+                 (-5, -19), (5, 21), (5, -28), (-5, 21), (-5, -28)]
+
+
+def place_labels(axes, points: list[tuple[str, float, float]]) -> list:
+    """Label each (name, x, y) beside its marker at the first offset where the label
+    overlaps no label placed before it: rows of one model sit close together, and
+    labels drawn on top of each other cannot be read. Labels that fit nowhere keep the
+    first offset. Returns the annotations."""
+    renderer = axes.figure.canvas.get_renderer()
+    placed, annotations = [], []
+    for name, x, y in points:
+        label = axes.annotate(name, (x, y), fontsize=7, textcoords="offset points",
+                              xytext=LABEL_OFFSETS[0])
+        for dx, dy in LABEL_OFFSETS:
+            label.set_position((dx, dy))
+            label.set_horizontalalignment("left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        else:
+            label.set_position(LABEL_OFFSETS[0])
+            label.set_horizontalalignment("left")
+            box = label.get_window_extent(renderer)
+        placed.append(box)
+        annotations.append(label)
+    return annotations
 
 
 if __name__ == "__main__":

@@ -10,13 +10,44 @@ import pytest
 
 from bench.compare import round_ratios
 from bench.measure import evenly_spaced, flops
-from bench.report import add_ratios, best_int8_student, pareto_front, target_checks
+from bench.report import (
+    LABEL_OFFSETS,
+    add_ratios,
+    best_int8_student,
+    pareto_front,
+    place_labels,
+    target_checks,
+)
 from tests.conftest import run_module
 from tests.test_teacher import tiny_args
 
 REQUIRED_KEYS = ("name", "backend", "precision", "is_peer", "test_f1", "p50_ms", "p90_ms",
                  "p99_ms", "throughput_sps", "size_mb", "peak_rss_mb", "floor_ms",
                  "speedup_vs_eager")
+
+
+def test_labels_of_crowded_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 6.5))
+    # Five artifacts of one model within a few pixels of each other, one far away.
+    points = [(f"L3-ffn512-variant-{i}", 1.0 + 0.01 * i, 88.0 + 0.01 * i) for i in range(5)]
+    points.append(("teacher", 10.0, 89.5))
+    axes.scatter([x for _, x, _ in points], [y for _, _, y in points])
+    axes.set_xscale("log")
+    labels = place_labels(axes, points)
+    renderer = figure.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    for i, box in enumerate(boxes):
+        for other in boxes[i + 1:]:
+            assert not box.overlaps(other), (box, other)
+    assert [label.get_text() for label in labels] == [name for name, _, _ in points]
+    # A label with room keeps the first place: right of and above its point.
+    assert tuple(labels[-1].get_position()) == LABEL_OFFSETS[0]
+    plt.close(figure)
 
 
 def test_pareto_front_on_planted_points():
