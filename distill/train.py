@@ -117,19 +117,19 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
             for later_field in ("augment_copies", "init_from"):
                 if not distilled or not recipe[later_field]:
                     recipe.pop(later_field)
-            source, init = teacher, {"from": "teacher"}
-            if distilled and spec.init_from:
-                source, _, _, source_manifest, _ = load_stage_model(
-                    run_dir / "students" / spec.init_from, "student",
-                    f"python -m distill \"only=[{spec.init_from}]\"")
-                # Retraining the source student makes this one stale too.
-                recipe["init_from"] = [spec.init_from, source_manifest.get("config_fingerprint")]
-                init = {"from": f"students/{spec.init_from}"}
+            source_dir = run_dir / "students" / str(spec.init_from)
+            source_hint = f"python -m distill \"only=[{spec.init_from}]\""
+            starts_from_student = distilled and spec.init_from is not None
+            if starts_from_student:  # retraining the source makes this student stale too
+                recipe["init_from"] = [spec.init_from, read_manifest(
+                    source_dir, "student", source_hint).get("config_fingerprint")]
             config_id = fingerprint([base_id, recipe, distilled])
             if not fresh and is_up_to_date(out_dir, config_id):
                 log(f"{out_dir} is up to date; pass --fresh to retrain")
                 rows.append(read_json(out_dir / "metrics.json") | {"name": out_name})
                 continue
+            source = (load_stage_model(source_dir, "student", source_hint)[0]
+                      if starts_from_student else teacher)
             student, copied = build_student(teacher, spec, config.seed, source)
             student.to(processes.device)
             set_seed(config.seed)
@@ -179,9 +179,9 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     name=out_name,
                     distilled=distilled,
                     **shape,
-                    init=init | {"tensors_copied": len(copied),
-                                 "layers": layer_map(spec.layers,
-                                                     source.config.num_hidden_layers)[1:]},
+                    init={"from": f"students/{spec.init_from}" if starts_from_student
+                          else "teacher", "tensors_copied": len(copied),
+                          "layers": layer_map(spec.layers, source.config.num_hidden_layers)[1:]},
                     matches=matches,
                     losses={"kd": {"type": "ce", "weight": config.kd_weight,
                                    "temperature": config.temperature},
