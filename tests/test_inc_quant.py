@@ -280,3 +280,12 @@ def test_missing_artifact_is_an_artifact_error(tmp_path):
 
     with pytest.raises(ArtifactError, match="cannot load"):
         IncBackend(tmp_path / "absent")
+
+
+@pytest.mark.slow
+def test_kernel_time_of_the_compiled_graph_is_onednn_int8_linear(built, tiny_source):
+    """bench.kernels finds oneDNN's INT8 linear in the compiled artifact's profile."""
+    from bench.kernels import inc_matrix_ms, sentence_batch
+
+    assert inc_matrix_ms(result_folder(built), sentence_batch(tiny_source.encoder, 8),
+                         calls=3, threads=1) > 0

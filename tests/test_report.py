@@ -214,3 +214,24 @@ def test_compare_times_artifacts_round_robin(reported, conll_dir):
     assert [cell.strip() for cell in rows[teacher].split("│")[-4:-1]] == ["1.00"] * 3
     missing = run_module("bench.compare", "nothing", cwd=reported)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_kernels_sets_each_artifacts_matrix_time_beside_its_floor(reported, conll_dir):
+    artifacts = ["teacher", "quantized/teacher-onnx-fp32", "quantized/teacher-ort-int8-dynamic"]
+    result = run_module("bench.kernels", *artifacts, "--data-dir", str(conll_dir.parent),
+                        "--sentences", "20", "--calls", "5", "--threads", "1", cwd=reported)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {cells[0]: cells for line in result.stdout.splitlines() if line.count("│") > 6
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
+    assert set(rows) == {"teacher", "teacher-onnx-fp32", "teacher-ort-int8-dynamic"}
+    assert [rows[name][1:3] for name in rows] == [
+        ["pytorch", "fp32"], ["onnxruntime", "fp32"], ["onnxruntime", "int8"]]
+    for cells in rows.values():
+        tokens, kernel_ms, floor_ms, ratio = int(cells[3]), *map(float, cells[4:])
+        assert tokens > 2 and kernel_ms > 0 and floor_ms > 0
+        assert ratio == pytest.approx(kernel_ms / floor_ms, rel=0.1, abs=0.06)
+    # One model, one precision: one floor, whichever backend runs it.
+    assert rows["teacher"][5] == rows["teacher-onnx-fp32"][5]
+    missing = run_module("bench.kernels", "nothing", "--tokens", "8", cwd=reported)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
