@@ -33,7 +33,7 @@ import torch
 from rich.table import Table
 
 from bench.measure import evenly_spaced, flops, gemm_gflops, model_shape, sentence_texts
-from edgener.artifacts import read_json
+from edgener.artifacts import ArtifactError, read_json
 from edgener.backbone import load_tokenizer
 from edgener.cli import print_wide, run_cli
 from edgener.data import DATA_DIR_ENV, load_dataset
@@ -116,7 +116,8 @@ def kernel_row(folder: Path, manifest: dict, encoder: Encoder, tokens: int, peak
         elif backend == "neural-compressor":
             kernel_ms = inc_matrix_ms(path, batch, calls, threads)
         else:
-            raise SystemExit(f"{folder}: {backend} runs on a GPU; this measures CPU kernels")
+            raise ArtifactError(f"{folder}: a {backend} engine runs on a GPU; this measures "
+                                "CPU kernels")
     floor_ms = flops(model_shape(model_folder), tokens) / (peak[precision] * 1e6)
     return {"name": folder.name, "backend": backend, "precision": precision, "tokens": tokens,
             "kernel_ms": kernel_ms, "floor_ms": floor_ms, "kernel_x_floor": kernel_ms / floor_ms}
