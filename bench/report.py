@@ -434,31 +434,50 @@ def plot(rows: list[dict], frontier: list[str], path: Path) -> None:
 # Where a point's label may go, in points from the marker, tried in order.
 LABEL_OFFSETS = [(5, 3), (5, -10), (-5, 3), (-5, -10), (5, 12), (5, -19), (-5, 12),
                  (-5, -19), (5, 21), (5, -28), (-5, 21), (-5, -28)]
+NEAR_OFFSETS = 4  # the first places touch the marker; from the fifth a line is drawn
+MARKER_RADIUS_PT = 4  # the scatter's s=60 (area in pt^2) is a marker about 8 pt across
 
 
 def place_labels(axes, points: list[tuple[str, float, float]]) -> list:
     """Label each (name, x, y) beside its marker at the first offset where the label
-    overlaps no label placed before it: rows of one model sit close together, and
-    labels drawn on top of each other cannot be read. Labels that fit nowhere keep the
-    first offset. Returns the annotations."""
+    covers no other label and no marker: rows of one model sit close together, and a
+    label drawn over another label or point cannot be read. Where no offset is clear of
+    both, the first clear of labels; else the first offset. Returns the annotations."""
+    from matplotlib.transforms import Bbox
+
     renderer = axes.figure.canvas.get_renderer()
+    axes.get_xlim()  # settles pending autoscaling, so the pixel positions below are final
+    radius = MARKER_RADIUS_PT * axes.figure.dpi / 72
+    markers = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+               for px, py in axes.transData.transform([(x, y) for _, x, y in points])]
     placed, annotations = [], []
     for name, x, y in points:
+        # A leader line ties a label pushed to the outer places back to its point.
         label = axes.annotate(name, (x, y), fontsize=7, textcoords="offset points",
-                              xytext=LABEL_OFFSETS[0])
-        for dx, dy in LABEL_OFFSETS:
-            label.set_position((dx, dy))
-            label.set_horizontalalignment("left" if dx > 0 else "right")
-            box = label.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
-                break
-        else:
-            label.set_position(LABEL_OFFSETS[0])
-            label.set_horizontalalignment("left")
-            box = label.get_window_extent(renderer)
-        placed.append(box)
+                              xytext=LABEL_OFFSETS[0],
+                              arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5,
+                                          "shrinkA": 1, "shrinkB": radius})
+        boxes = {offset: label_box(label, offset, renderer) for offset in LABEL_OFFSETS}
+        clear_of_labels = [offset for offset, box in boxes.items()
+                           if not any(box.overlaps(other) for other in placed)]
+        clear_of_all = [offset for offset in clear_of_labels
+                        if not any(boxes[offset].overlaps(m) for m in markers)]
+        chosen = (clear_of_all or clear_of_labels or LABEL_OFFSETS)[0]
+        label.arrow_patch.set_visible(chosen not in LABEL_OFFSETS[:NEAR_OFFSETS])
+        placed.append(label_box(label, chosen, renderer))
         annotations.append(label)
     return annotations
+
+
+def label_box(label, offset: tuple[int, int], renderer):
+    """Move `label` to `offset` (points from its marker; text to the left for a negative
+    dx) and return its text's box on the canvas (without the leader line)."""
+    from matplotlib.text import Text
+
+    label.set_position(offset)
+    label.set_horizontalalignment("left" if offset[0] > 0 else "right")
+    label.update_positions(renderer)  # what Annotation.get_window_extent does first
+    return Text.get_window_extent(label, renderer)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ REQUIRED_KEYS = ("name", "backend", "precision", "is_peer", "test_f1", "p50_ms",
                  "speedup_vs_eager")
 
 
+def text_box(label, renderer):
+    """A label's text on the canvas, without its leader line."""
+    from matplotlib.text import Text
+
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
 def test_labels_of_crowded_points_do_not_overlap():
     import matplotlib
 
@@ -40,13 +48,43 @@ def test_labels_of_crowded_points_do_not_overlap():
     axes.set_xscale("log")
     labels = place_labels(axes, points)
     renderer = figure.canvas.get_renderer()
-    boxes = [label.get_window_extent(renderer) for label in labels]
+    boxes = [text_box(label, renderer) for label in labels]
     for i, box in enumerate(boxes):
         for other in boxes[i + 1:]:
             assert not box.overlaps(other), (box, other)
     assert [label.get_text() for label in labels] == [name for name, _, _ in points]
     # A label with room keeps the first place: right of and above its point.
     assert tuple(labels[-1].get_position()) == LABEL_OFFSETS[0]
+    # Labels pushed past the places beside the marker are tied to it by a line.
+    far = [tuple(label.get_position()) not in LABEL_OFFSETS[:4] for label in labels]
+    assert any(far)
+    assert [label.arrow_patch.get_visible() for label in labels] == far
+    plt.close(figure)
+
+
+def test_labels_do_not_cover_other_points_where_there_is_room():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 6.5))
+    axes.set_xlim(0, 10)
+    axes.set_ylim(0, 10)
+    # B sits where A's first label place (right of and above A) would cover it.
+    a_x, a_y = axes.transData.transform((2.0, 5.0))
+    b = axes.transData.inverted().transform((a_x + 30, a_y + 10))
+    points = [("artifact-a-with-a-long-name", 2.0, 5.0), ("b", float(b[0]), float(b[1]))]
+    axes.scatter([x for _, x, _ in points], [y for _, _, y in points], s=60)
+    labels = place_labels(axes, points)
+    renderer = figure.canvas.get_renderer()
+    for label, (name, _, _) in zip(labels, points, strict=True):
+        box = text_box(label, renderer)
+        for other, x, y in points:
+            if other != name:
+                px, py = axes.transData.transform((x, y))
+                assert not box.contains(px, py), (name, other)
+    assert tuple(labels[0].get_position()) != LABEL_OFFSETS[0]  # it had to move
     plt.close(figure)
 
 
