@@ -32,16 +32,22 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from bench.measure import evenly_spaced, flops, gemm_gflops, model_shape, sentence_texts
-from edgener.artifacts import ArtifactError, read_json
-from edgener.backbone import load_tokenizer
+from bench.measure import (
+    evenly_spaced,
+    flops,
+    gemm_gflops,
+    model_shape,
+    sentence_texts,
+    source_model_folder,
+    token_count,
+)
+from edgener.artifacts import ArtifactError
 from edgener.cli import print_wide, run_cli
 from edgener.data import DATA_DIR_ENV, load_dataset
 from edgener.encoding import Encoder
-from edgener.predictor import read_artifact_manifest
+from edgener.predictor import artifact_encoder, read_artifact_manifest
 from edgener.runtime import MODEL_INPUTS
 from edgener.serving import MODEL_FILES
-from edgener.text import split_words
 from edgener.training import console
 
 ORT_MATRIX_OPS = frozenset({
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("timing kernels") as status:
         for folder, manifest in zip(folders, manifests, strict=True):
             status.update(f"{folder}")
-            encoder = artifact_encoder(folder, manifest)
+            encoder, _ = artifact_encoder(folder, manifest)
             tokens = args.tokens or median_tokens(encoder, texts)
             rows.append(kernel_row(folder, manifest, encoder, tokens, peak, args.calls,
                                    args.threads))
@@ -85,16 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def artifact_encoder(folder: Path, manifest: dict) -> Encoder:
-    return Encoder(load_tokenizer(str(folder)), read_json(folder / "labels.json"),
-                   **manifest["encoding"])
-
-
 def median_tokens(encoder: Encoder, texts: list[str]) -> int:
-    """The median model positions of `texts` ([CLS] and [SEP] included, every window)."""
-    counts = [sum(len(w.input_ids) for w in encoder.encode(0, [w.text for w in split_words(t)]))
-              for t in texts]
-    return round(statistics.median(counts))
+    return round(statistics.median(token_count(encoder, text) for text in texts))
 
 
 def kernel_row(folder: Path, manifest: dict, encoder: Encoder, tokens: int, peak: dict,
@@ -105,11 +103,9 @@ def kernel_row(folder: Path, manifest: dict, encoder: Encoder, tokens: int, peak
         kernel_ms = torch_linear_ms(folder, tokens, calls)
     else:
         backend, precision = manifest["backend"], manifest["precision"]
-        # A quantized artifact sits in runs/<run>/quantized/; its model, in the run's
-        # teacher/ or students/ folder.
-        run_dir = folder.resolve().parent.parent
-        source = manifest["source_name"]
-        model_folder = run_dir / "teacher" if source == "teacher" else run_dir / "students" / source
+        # A quantized artifact sits in runs/<run>/quantized/.
+        model_folder = source_model_folder(folder.resolve().parent.parent,
+                                           manifest["source_name"])
         path = folder / MODEL_FILES[backend]
         if backend == "onnxruntime":
             kernel_ms = ort_matrix_ms(path, batch, calls, threads)
@@ -201,19 +197,15 @@ def matrix_ms_per_run(events: list[dict]) -> list[float]:
 def inc_matrix_ms(path: Path, batch: dict[str, np.ndarray], calls: int, threads: int) -> float:
     """Per call, the self time of oneDNN's INT8 linear in the compiled graph, on one row
     (compiled for that size, unlike the runtime, which pads batch 1 to two rows)."""
-    from torch._inductor import config as inductor_config
-
     from edgener.serving import IncBackend
 
-    model = IncBackend(path, threads, compile=False).model
-    compiled = torch.compile(model, dynamic=True)
+    backend = IncBackend(path, threads)
     inputs = [torch.from_numpy(batch[name]) for name in MODEL_INPUTS]
-    with torch.no_grad(), inductor_config.patch(freezing=True):
-        for _ in range(20):
-            compiled(*inputs)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(calls):
-                compiled(*inputs)
+    for _ in range(20):
+        backend.forward(inputs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            backend.forward(inputs)
     kernel_us = sum(e.self_cpu_time_total for e in prof.key_averages()
                     if e.key == INC_MATRIX_KERNEL)
     return kernel_us / 1000 / calls

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from edgener.artifacts import read_json
+from edgener.encoding import Encoder
 from edgener.metrics import entity_scores
 from edgener.predictor import Predictor, read_artifact_manifest
 from edgener.runtime import OnnxBackend, torch_backend
@@ -128,7 +129,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     round_p50 = [float(np.percentile(r, 50)) for r in rounds]
 
     shape = model_shape(candidate.model_folder)
-    tokens = [token_count(predictor, text) for text in latency_texts]
+    tokens = [token_count(predictor.encoder, text) for text in latency_texts]
     gflops = settings.gemm_gflops.get(candidate.precision)
     floors = [flops(shape, n) / (gflops * 1e6) for n in tokens] if gflops else None
     return {
@@ -184,10 +185,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def token_count(predictor: Predictor, text: str) -> int:
+def token_count(encoder: Encoder, text: str) -> int:
     """Model positions one text occupies, over all its windows ([CLS] and [SEP] included)."""
-    windows = predictor.encoder.encode(0, [w.text for w in split_words(text)])
+    windows = encoder.encode(0, [w.text for w in split_words(text)])
     return sum(len(w.input_ids) for w in windows)
+
+
+def source_model_folder(run_dir: Path, source: str) -> Path:
+    """The Hugging Face folder of the model a quantized artifact was made from (its
+    manifest's source_name): the run's teacher or one of its students."""
+    return run_dir / "teacher" if source == "teacher" else run_dir / "students" / source
 
 
 def model_shape(folder: Path) -> dict:

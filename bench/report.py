@@ -44,6 +44,7 @@ from bench.measure import (
     gemm_gflops,
     measure,
     sentence_texts,
+    source_model_folder,
     state_dict_mb,
     torch_dynamic_int8,
 )
@@ -188,9 +189,8 @@ def find_candidates(run_dir: Path, config: ReportConfig) -> list[Candidate]:
             console.print(f"[yellow]skipping {folder.name}[/]: a TensorRT engine, and this "
                           "machine has no CUDA device")
             continue
-        model_folder = teacher if source == EAGER else students / source
         rows.append(Candidate(folder.name, ARTIFACT, folder, manifest["backend"],
-                              manifest["precision"], False, model_folder,
+                              manifest["precision"], False, source_model_folder(run_dir, source),
                               manifest["size_mb"], source))
     if config.artifacts is not None:
         # Ratios need the eager teacher and the peer that anchors them.

@@ -62,13 +62,7 @@ class Predictor:
         replaces the one its manifest names (the benchmark's peers use this)."""
         folder = Path(folder)
         manifest = read_artifact_manifest(folder)
-        try:
-            labels = read_json(folder / "labels.json")
-            tokenizer = load_tokenizer(str(folder))
-        except (OSError, ValueError) as error:
-            raise ArtifactError(f"{folder} is incomplete: {str(error).splitlines()[0]}"
-                                ) from error
-        encoder = Encoder(tokenizer, labels, **manifest["encoding"])
+        encoder, labels = artifact_encoder(folder, manifest)
         if backend is None:
             backend = load_backend(folder, manifest, threads)
         return cls(backend, encoder, labels, manifest, batch_size)
@@ -102,6 +96,16 @@ def entities(text: str, words: Sequence[Word], tags: Sequence[str],
         found.append(Entity(kind, text[first:last], first, last,
                             round(float(probs[start:end].mean()), 4)))
     return found
+
+
+def artifact_encoder(folder: Path, manifest: dict) -> tuple[Encoder, list[str]]:
+    """The encoder and labels an artifact folder was built with (its manifest already read)."""
+    try:
+        labels = read_json(folder / "labels.json")
+        tokenizer = load_tokenizer(str(folder))
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{folder} is incomplete: {str(error).splitlines()[0]}") from error
+    return Encoder(tokenizer, labels, **manifest["encoding"]), labels
 
 
 def read_artifact_manifest(folder: Path) -> dict:

@@ -58,7 +58,11 @@ class GraphBackend:
             arrays = [np.repeat(a, 2, axis=0) for a in arrays]
         if width < 2:
             arrays = [np.pad(a, ((0, 0), (0, 1))) for a in arrays]
-        inputs = [torch.from_numpy(a) for a in arrays]
+        logits = self.forward([torch.from_numpy(a) for a in arrays])
+        return logits[:rows, :width].float().numpy()
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The program on input tensors as they are (no padding: a size of 1 compiles again)."""
         # Here, not at the top: the compiler stack takes seconds to import, and only
         # neural-compressor artifacts need it.
         from torch._dynamo.exc import TorchDynamoException
@@ -68,12 +72,11 @@ class GraphBackend:
             # Freezing makes the weights constants, which is what lets inductor pack them
             # for oneDNN's INT8 GEMMs; without it the compiled graph still runs FP32 GEMMs.
             with torch.no_grad(), inductor_config.patch(freezing=True):
-                logits = self._run(*inputs)
+                return self._run(*inputs)
         except TorchDynamoException as error:
             raise ArtifactError(f"neural-compressor: torch.compile of the INT8 graph failed "
                                 f"({type(error).__name__}: {str(error).splitlines()[0]})"
                                 ) from error
-        return logits[:rows, :width].float().numpy()
 
 
 def quiet_neural_compressor() -> None:
