@@ -189,6 +189,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                     else {"hard_label_weight": 1.0},
                     teacher={"dir": str(run_dir / "teacher"), "test_f1": teacher_test_f1,
                              "params": describe_model(teacher)["params"]},
+                    base_model=teacher_manifest.get("model_source"),  # for the model card
                     labels=labels,
                     encoding=encoder.settings(),
                     dataset=teacher_manifest["dataset"],

@@ -19,6 +19,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+CARD = "README.md"
+HASH_CHUNK = 1 << 20  # bytes read at a time: model files can be larger than memory allows
+# How to rebuild a folder of each stage. --fresh because a stage that finds its manifest
+# current skips the folder, and a damaged file leaves the manifest as it was.
+REBUILD = {
+    "teacher": "make teacher ARGS=--fresh",
+    "student": "make distill ARGS=--fresh",
+    "quantized": "make quantize ARGS=--fresh",
+}
 
 
 class ArtifactError(RuntimeError):
@@ -113,7 +122,9 @@ def describe_model(model) -> dict:
     """Shape facts of a Hugging Face model, for manifests and tables."""
     config = model.config
     return {
-        "architecture": (config.architectures or [type(model).__name__])[0],
+        # The class itself: config.architectures still names the pretrained checkpoint's
+        # class (BertModel for an encoder fine-tuned here) until the model is saved.
+        "architecture": type(model).__name__,
         "layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size,
         "heads": config.num_attention_heads,
@@ -123,9 +134,9 @@ def describe_model(model) -> dict:
 
 
 def publish_model(out_dir: str | Path, model, tokenizer, labels: list[str], config: dict,
-                  metrics: dict, manifest: dict) -> None:
+                  metrics: dict, manifest: dict) -> dict:
     """Write a model folder (Hugging Face weights and tokenizer, labels, resolved config,
-    metrics, manifest) in one atomic step."""
+    metrics, model card, manifest) in one atomic step; returns the manifest written."""
     import yaml
 
     with publish_dir(out_dir) as staging:
@@ -134,7 +145,70 @@ def publish_model(out_dir: str | Path, model, tokenizer, labels: list[str], conf
         write_json_atomic(staging / "labels.json", labels)
         (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         write_json_atomic(staging / "metrics.json", metrics)
-        write_json_atomic(staging / MANIFEST, manifest)
+        return seal_folder(staging, out_dir, manifest, metrics)
+
+
+def seal_folder(staging: Path, final: str | Path, manifest: dict, metrics: dict) -> dict:
+    """The last step of publishing a servable folder, once every other file is in
+    `staging`: record the files in the manifest, write the model card and the manifest.
+    Returns the manifest written."""
+    from edgener.cards import render_card
+
+    manifest = {**manifest, "files": file_records(staging)}
+    write_text_atomic(staging / CARD, render_card(manifest, metrics, final))
+    write_json_atomic(staging / MANIFEST, manifest)
+    return manifest
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(folder: str | Path) -> dict[str, dict]:
+    """{relative path: {"bytes", "sha256"}} of every file under `folder`, sorted.
+
+    The manifest cannot record its own hash. The model card is left out too: it is
+    documentation that people edit (on the hub, say) and no loader reads, so an edited
+    card must not make a sound model refuse to load."""
+    folder = Path(folder)
+    records = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative in (MANIFEST, CARD):
+            continue
+        records[relative] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    return records
+
+
+def verify_files(folder: str | Path, manifest: dict, hashes: bool = False) -> None:
+    """Check the files a manifest records against `folder`: present and of the recorded
+    size, and with `hashes` of the recorded SHA-256 too. Raises an ArtifactError of one
+    line naming the first bad file and the command that rebuilds the folder.
+
+    A manifest without records (published before they existed) passes."""
+    folder = Path(folder)
+    records = manifest.get("files") or {}
+    rebuild = REBUILD.get(manifest.get("stage"), "the stage that made it")
+    # Sizes of all files first: a missing or truncated file shows without hashing gigabytes.
+    for relative, record in records.items():
+        path = folder / relative
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; rebuild with `{rebuild}`")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise ArtifactError(f"{path} has size {size} bytes instead of {record['bytes']} "
+                                f"(truncated or replaced); rebuild with `{rebuild}`")
+    if not hashes:
+        return
+    for relative, record in records.items():
+        path = folder / relative
+        if sha256_of(path) != record["sha256"]:
+            raise ArtifactError(f"{path}: SHA-256 mismatch (its content changed after it was "
+                                f"published); rebuild with `{rebuild}`")
 
 
 def read_manifest(folder: str | Path, stage: str | tuple[str, ...], make_hint: str) -> dict:

@@ -93,8 +93,12 @@ def widen_type_embeddings(model: torch.nn.Module, rows: int) -> None:
 def load_stage_model(folder: str | Path, stage: str, make_hint: str):
     """A published model folder: (model, tokenizer, labels, manifest, encoder), or an
     ArtifactError that says which command makes it."""
+    from edgener.artifacts import verify_files
+
     folder = Path(folder)
     manifest = read_manifest(folder, stage, make_hint)
+    # A truncated weights file is one line naming it, not a safetensors traceback.
+    verify_files(folder, manifest)
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForTokenClassification.from_pretrained(folder)
     labels = read_json(folder / "labels.json")

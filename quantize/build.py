@@ -28,6 +28,7 @@ from edgener.artifacts import (
     make_manifest,
     publish_dir,
     read_json,
+    seal_folder,
     write_json_atomic,
 )
 from edgener.backbone import load_stage_model
@@ -40,6 +41,7 @@ from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
 from quantize.onnx_export import ParityError, compare, export_onnx
 
 HINT = "make teacher"
+SHAPE_KEYS = ("architecture", "layers", "hidden_size", "heads", "intermediate_size")
 
 
 @dataclass
@@ -242,6 +244,8 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
         return Built({"model.onnx": dynamic}, "onnxruntime", "int8",
                      OnnxBackend(dynamic, config.threads),
                      {"graph": "fused", "fused_ops": fused_ops, "quantization": "dynamic",
+                      "weights": "int8 per-tensor",
+                      "activations": "uint8, quantized per batch at run time",
                       "fp32_ops": ort_quant.float_ops(dynamic)})
     if variant == "ort-int8-static":
         return build_static(source, config, plain, splits, reference)
@@ -291,21 +295,43 @@ def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: di
             plain, target, reader, config.calibration_method, config.quantize_embeddings,
             logit_error, f1_at, min_f1, progress=lambda text: console.print(f"    {text}"))
         fallback |= {"fp32_groups": kept, "sensitivity": sensitivity, "valid_f1": f1}
-    # With every group back in FP32 nothing INT8 is left: say so rather than ship a label.
-    groups = fallback["sensitivity"]
-    precision = "fp32" if groups and len(fallback["fp32_groups"]) == len(groups) else "int8"
-    if precision == "fp32":
-        console.print("  [yellow]static INT8: the fallback kept every layer group in "
-                      "FP32; the artifact is published as FP32[/]")
+    # The graph, not the fallback's bookkeeping, says whether anything INT8 is left: a
+    # model with none is an FP32 model under another name, and is labelled FP32 (its folder
+    # keeps the variant's name, which up-to-date checks and reruns look it up by).
+    quantized = ort_quant.quantized_groups(target)
+    precision = "int8" if quantized else "fp32"
+    if not quantized:
+        console.print(f"  [yellow]{fp32_note(fallback)}[/]")
     return Built({"model.onnx": target}, "onnxruntime", precision,
                  OnnxBackend(target, config.threads),
                  {"graph": "exported", "quantization": "static QDQ",
+                  "quantized_groups": quantized,
                   "calibration": {"method": config.calibration_method,
                                   "sentences": reader.sentences, "split": "train"},
                   "weights": "int8 symmetric per-channel, 7-bit range",
                   "activations": "uint8 asymmetric",
                   "embeddings_quantized": config.quantize_embeddings,
                   "fp32_ops": ort_quant.float_ops(target), "fallback": fallback})
+
+
+def fp32_note(fallback: dict) -> str:
+    kept, groups = fallback.get("fp32_groups") or [], fallback.get("sensitivity") or {}
+    if groups and len(kept) == len(groups):
+        return "all groups kept in FP32: published as FP32"
+    return "no operator left in INT8: published as FP32"
+
+
+def precision_note(row: dict) -> str | None:
+    """A line for the summary when a quantized artifact is not what its name says: nothing
+    INT8 left, or only part of it INT8 after the sensitivity fallback."""
+    fallback = row.get("fallback") or {}
+    if row.get("quantization") and row.get("precision") == "fp32":
+        return f"{row['name']}: {fp32_note(fallback)}"
+    kept, groups = fallback.get("fp32_groups") or [], fallback.get("sensitivity") or {}
+    if kept:
+        return (f"{row['name']}: {', '.join(kept)} kept in FP32 ({len(kept)} of {len(groups)} "
+                "groups), the rest INT8")
+    return None
 
 
 def publish(out_dir: Path, built: Built, source: Source, config: QuantizeConfig,
@@ -322,6 +348,10 @@ def publish(out_dir: Path, built: Built, source: Source, config: QuantizeConfig,
         source=str(source.folder),
         source_name=source.name,
         source_params=sum(p.numel() for p in source.model.parameters()),
+        # What the model card says it was made from, carried over from the source.
+        base_model=source.manifest.get("model_source") or source.manifest.get("base_model"),
+        dataset=source.manifest.get("dataset"),
+        **{key: source.manifest[key] for key in SHAPE_KEYS if key in source.manifest},
         labels=source.labels,
         encoding=source.encoder.settings(),
         **built.details,
@@ -342,9 +372,9 @@ def publish(out_dir: Path, built: Built, source: Source, config: QuantizeConfig,
                 shutil.copy2(path, staging / name)
         source.tokenizer.save_pretrained(staging)
         write_json_atomic(staging / "labels.json", source.labels)
-        write_json_atomic(staging / "metrics.json", {"valid": valid, "test": test})
-        write_json_atomic(staging / MANIFEST, manifest)
-    return manifest
+        metrics = {"valid": valid, "test": test}
+        write_json_atomic(staging / "metrics.json", metrics)
+        return seal_folder(staging, out_dir, manifest, metrics)
 
 
 def file_size(path: Path) -> int:
@@ -364,6 +394,8 @@ def print_summary(rows: list[dict], where: Path) -> None:
         table.add_row(row["name"], f"{row['size_mb']:.1f} MB", f"{100 * row['valid_f1']:.2f}",
                       f"{100 * row['f1_change']:+.2f}", verdict)
     console.print(table)
+    for note in filter(None, map(precision_note, rows)):
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
     over = [row["name"] for row in rows if not row["within_budget"]]
     if over:
         console.print(f"[red]{len(over)} artifact(s) over budget[/]: {', '.join(over)} "

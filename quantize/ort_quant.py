@@ -145,21 +145,38 @@ def quantizable_nodes(path: Path, quantize_embeddings: bool) -> list[onnx.NodePr
             or (quantize_embeddings and node.op_type == "Gather" and node.input[0] in weights)]
 
 
+def matrix_ops(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, bool]]:
+    """(node, whether it computes in INT8) for every MatMul/Gemm and embedding-table Gather.
+
+    A MatMul/Gemm is INT8 when DequantizeLinear feeds both operands; a Gather when its table
+    is an 8-bit initializer (gathered before it is dequantized) or comes out of a
+    DequantizeLinear, and FP32 when its table is an FP32 matrix."""
+    weights = float_weights(model)
+    tables_8bit = {init.name for init in model.graph.initializer if len(init.dims) == 2
+                   and init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear"
+                   for out in node.output}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            yield node, all(name in dequantized for name in node.input[:2])
+        elif node.op_type == "Gather" and node.input[0] in weights:
+            yield node, False
+        elif node.op_type == "Gather" and node.input[0] in tables_8bit | dequantized:
+            yield node, True
+
+
 def float_ops(path: Path) -> dict[str, int]:
     """Operators that still compute in FP32, by type: MatMul/Gemm not fed by
     DequantizeLinear on both operands, and Gathers on an FP32 embedding table."""
-    model = onnx.load(str(path))
-    weights = float_weights(model)
-    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear"
-                   for out in node.output}
-    counts: Counter = Counter()
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm"):
-            if not all(name in dequantized for name in node.input[:2]):
-                counts[node.op_type] += 1
-        elif node.op_type == "Gather" and node.input[0] in weights:
-            counts["Gather"] += 1
-    return dict(counts)
+    return dict(Counter(node.op_type for node, int8 in matrix_ops(onnx.load(str(path)))
+                        if not int8))
+
+
+def quantized_groups(path: Path) -> list[str]:
+    """The groups (see node_group) with at least one operator computing in INT8, read from
+    the QDQ graph itself: what the artifact is, whatever the fallback set out to keep."""
+    return sorted({node_group(node.name) for node, int8 in matrix_ops(onnx.load(str(path)))
+                   if int8})
 
 
 def node_group(node_name: str) -> str:

@@ -327,6 +327,8 @@ def test_sensitivity_fallback_keeps_layers_in_fp32(tiny_run, conll_dir):
     assert sensitivities == sorted(sensitivities, reverse=True)
     assert manifest["fp32_ops"] == {"Gather": 3, "MatMul": 17}
     assert manifest["precision"] == "fp32"  # nothing INT8 is left, and the label says so
+    assert manifest["quantized_groups"] == []
+    assert "all groups kept in FP32: published as FP32" in result.stdout
 
 
 @pytest.mark.slow
@@ -342,3 +344,60 @@ def test_missing_teacher_says_which_command(tmp_path):
     result = run_module("quantize", "run=none", cwd=tmp_path)
     assert result.returncode == 2
     assert "make teacher" in result.stdout and "Traceback" not in result.stderr
+
+
+# What a static artifact really is ---------------------------------------------------------
+
+
+def test_quantized_groups_are_read_from_the_graph(static_qdq, exported, tiny_classifier,
+                                                  tmp_path):
+    assert ort_quant.quantized_groups(static_qdq) == ["embeddings", "head", "layer.0",
+                                                      "layer.1"]
+    assert ort_quant.quantized_groups(exported) == []
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    layer_1 = [n.name for n in ort_quant.quantizable_nodes(exported, True)
+               if ort_quant.node_group(n.name) == "layer.1"]
+    target = tmp_path / "partial.onnx"
+    ort_quant.quantize_static_qdq(exported, target, reader, "minmax", True, exclude=layer_1)
+    assert ort_quant.quantized_groups(target) == ["embeddings", "head", "layer.0"]
+
+
+def test_static_with_every_group_back_in_fp32_is_published_as_fp32(
+        exported, tiny_classifier, tmp_path, capsys):
+    """A budget no model meets (above the reference F1) sends every group back to FP32:
+    the result is an FP32 model and is labelled so, in the manifest and in the summary."""
+    from quantize import build
+
+    model, encoder = tiny_classifier
+    sentences = [Sentence(words, ["O"] * len(words)) for words in TRAIN_WORDS]
+    splits = {"train": sentences, "valid": sentences[:4], "test": sentences[:4]}
+    source = Source("teacher", Path("."), model, None, LABELS, {}, encoder, tmp_path)
+    config = QuantizeConfig(calibration_sentences=8, threads=1, eval_batch_size=4)
+    built = build.build_static(source, config, exported, splits, reference=1.0)
+    fallback = built.details["fallback"]
+    assert set(fallback["fp32_groups"]) == {"embeddings", "layer.0", "layer.1", "head"}
+    assert built.precision == "fp32"
+    assert built.details["quantized_groups"] == []
+    assert "all groups kept in FP32: published as FP32" in capsys.readouterr().out
+
+    row = {"name": "teacher-ort-int8-static", "size_mb": 0.5, "valid_f1": 0.0,
+           "f1_change": -1.0, "within_budget": False, "precision": built.precision,
+           **built.details}
+    dynamic = {**row, "name": "teacher-ort-int8-dynamic", "precision": "int8", "fallback": {}}
+    build.print_summary([row, dynamic], tmp_path)
+    out = capsys.readouterr().out
+    assert "teacher-ort-int8-static: all groups kept in FP32: published as FP32" in out
+    assert "teacher-ort-int8-dynamic:" not in out
+
+
+def test_summary_says_which_groups_a_partial_fallback_kept():
+    from quantize.build import precision_note
+
+    row = {"name": "L3-ort-int8-static", "precision": "int8", "quantization": "static QDQ",
+           "fallback": {"fp32_groups": ["layer.0", "embeddings"],
+                        "sensitivity": {g: 0.1 for g in ("embeddings", "layer.0", "layer.1",
+                                                         "layer.2", "head")}}}
+    assert precision_note(row) == ("L3-ort-int8-static: layer.0, embeddings kept in FP32 "
+                                   "(2 of 5 groups), the rest INT8")
+    assert precision_note({"name": "x", "precision": "int8", "quantization": "dynamic"}) is None
+    assert precision_note({"name": "x", "precision": "fp32", "graph": "fused"}) is None
