@@ -7,6 +7,9 @@ can measure 1.5-2x apart in two runs). Here each round times every artifact once
 the same sentences, so drift falls on all of them alike, and ratios are given per round.
 
     python -m bench.compare runs/conll2003/teacher runs/conll2003/quantized/L3-ort-int8-dynamic
+
+The sentences come from the test split of the dataset the first artifact's model was
+trained on, as its manifest records it (--dataset picks another).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
-from bench.measure import evenly_spaced, latency_round, sentence_texts
-from edgener.cli import print_wide, run_cli
-from edgener.data import DATA_DIR_ENV, load_dataset
+from bench.measure import evenly_spaced, latency_round, sentence_texts, source_model_folder
+from edgener.artifacts import MANIFEST, ArtifactError, read_json
+from edgener.cli import console, print_wide, run_stage
+from edgener.data import DATA_DIR_ENV, load_dataset, recorded_dataset
 from edgener.predictor import Predictor
-from edgener.training import console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="+", help="artifact folders; ratios are against "
                         "the first")
-    parser.add_argument("--dataset", default="conll2003")
+    parser.add_argument("--dataset", help="a dataset folder or a name under the data dir "
+                        "(default: the one the first artifact's model was trained on)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV))
     parser.add_argument("--sentences", type=int, default=200,
                         help="test sentences spread over the split, timed one at a time")
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    test = [s.words for s in load_dataset(args.dataset, args.data_dir).split("test")]
+    dataset = args.dataset or artifact_dataset(Path(args.artifacts[0]))
+    test = [s.words for s in load_dataset(dataset, args.data_dir).split("test")]
     texts = sentence_texts([test[i] for i in evenly_spaced(args.sentences, len(test))])
     predictors = {folder: Predictor.from_folder(folder, args.threads)
                   for folder in args.artifacts}
@@ -52,6 +58,39 @@ def main(argv: list[str] | None = None) -> int:
                 p50s[folder].append(float(np.median(latency_round(predictor, texts))))
     print_ratios(p50s, args.threads, len(texts))
     return 0
+
+
+def artifact_dataset(folder: Path) -> str:
+    """The dataset `folder`'s model was trained on, as load_dataset takes it (its folder
+    while it exists, else its name under the data dir). A teacher's or student's manifest
+    records it; a quantized artifact's names its source model, whose manifest does."""
+    manifest = _manifest(folder)
+    if "dataset" in manifest:
+        return recorded_dataset(manifest)
+    for source in _source_folders(folder, manifest):
+        if (source / MANIFEST).is_file():
+            recorded = read_json(source / MANIFEST)
+            if "dataset" in recorded:
+                return recorded_dataset(recorded)
+    raise ArtifactError(f"{folder}: its manifest records no dataset, nor does its source "
+                        "model's; pass --dataset")
+
+
+def _manifest(folder: Path) -> dict:
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(f"{folder} is no artifact folder ({MANIFEST} missing)")
+    return read_json(folder / MANIFEST)
+
+
+def _source_folders(folder: Path, manifest: dict) -> list[Path]:
+    """Where a quantized artifact's source model may be: the folder its manifest recorded
+    (relative to where quantize ran, which may not be here), then the model of that name
+    in the artifact's own run (runs/<run>/quantized/<name> -> runs/<run>/...)."""
+    found = [Path(manifest["source"])] if manifest.get("source") else []
+    if manifest.get("source_name"):
+        found.append(source_model_folder(folder.resolve().parent.parent,
+                                         manifest["source_name"]))
+    return found
 
 
 def round_ratios(p50s: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -77,4 +116,4 @@ def print_ratios(p50s: dict[str, list[float]], threads: int, sentences: int) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_stage(main))

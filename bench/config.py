@@ -25,3 +25,6 @@ class ReportConfig:
     baselines: bool = True  # the students trained without distillation too
     peers: bool = True  # what a user would run otherwise, built from the teacher
     artifacts: list | None = None  # names to measure (e.g. [teacher, L3-ort-int8-static])
+    # The recommendation is the fastest artifact whose test F1 is at most this many points
+    # (F1 in %) below the eager teacher's: how much accuracy you will trade for speed.
+    max_f1_drop: float = 1.5

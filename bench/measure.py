@@ -6,28 +6,37 @@ matrix throughput and each model's FLOPs that give the compute floor.
 Latency is wall time from a raw text string to its entities (word splitting, subword
 tokenisation, model, decoding), one sentence at a time, after warm-up, with a fixed
 thread count; each latency is measured over several rounds so its spread shows.
+
+Nothing here imports torch or transformers at module level: a row of an ONNX Runtime
+artifact is measured in a process that never loads them, so its peak memory is what the
+artifact costs on a box that ships only the lean runtime. The torch-only pieces (the
+PyTorch peers, the FP32 GEMM) import torch inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from edgener.artifacts import read_json
-from edgener.encoding import Encoder
 from edgener.metrics import entity_scores
-from edgener.predictor import Predictor, read_artifact_manifest
-from edgener.runtime import OnnxBackend, torch_backend
 from edgener.text import split_words
+
+if TYPE_CHECKING:  # annotations only: importing these at run time may pull in torch
+    import torch
+
+    from edgener.encoding import Encoder
+    from edgener.predictor import Predictor
 
 # How each candidate is loaded: an artifact folder as its manifest says, or a peer built
 # from the teacher the way a user would without this toolkit.
@@ -60,21 +69,41 @@ class Settings:
 
 
 def load(candidate: Candidate, threads: int) -> Predictor:
-    torch.set_num_threads(threads)
+    from edgener.predictor import Predictor
+
+    if candidate.backend != "onnxruntime":
+        prepare_torch(threads)
     if candidate.kind == ARTIFACT:
         return Predictor.from_folder(candidate.folder, threads)
     if candidate.kind == TORCH_DYNAMIC_INT8:
+        from edgener.torch_backends import torch_backend
+
         return Predictor.from_folder(candidate.folder, threads,
                                      backend=torch_backend(torch_dynamic_int8(candidate.folder)))
     if candidate.kind == ORT_DYNAMIC_INT8:
+        from edgener.runtime import OnnxBackend
+
         return Predictor.from_folder(candidate.folder, threads,
                                      backend=OnnxBackend(candidate.onnx_path, threads))
     raise ValueError(f"unknown candidate kind {candidate.kind!r}")
 
 
+def prepare_torch(threads: int) -> None:
+    """Quiet transformers and torch as the stages do, and fix torch's thread count, for a
+    row that runs on PyTorch. Only such a row calls this: quieting imports transformers
+    (and this, torch), which an ONNX Runtime row's process must never load."""
+    import torch
+
+    from edgener.cli import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+
+
 def torch_dynamic_int8(folder: Path) -> torch.nn.Module:
     """The teacher with every nn.Linear dynamically quantized by torch.ao (INT8 weights,
     activations quantized per call): PyTorch's one-line INT8."""
+    import torch
     from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(folder).eval()
@@ -87,6 +116,8 @@ def torch_dynamic_int8(folder: Path) -> torch.nn.Module:
 
 
 def state_dict_mb(model: torch.nn.Module) -> float:
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         torch.save(model.state_dict(), path)
@@ -159,6 +190,9 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "median_tokens": statistics.median(tokens),
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,
+        # Read last, after the anchor ran too: a lean row's process stayed lean throughout.
+        "imports_torch": "torch" in sys.modules,
+        "imports_transformers": "transformers" in sys.modules,
     }
 
 
@@ -198,6 +232,8 @@ def source_model_folder(run_dir: Path, source: str) -> Path:
 
 
 def model_shape(folder: Path) -> dict:
+    from edgener.predictor import read_artifact_manifest
+
     config = read_json(folder / "config.json")
     manifest = read_artifact_manifest(folder)
     return {"layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
@@ -219,6 +255,8 @@ def flops(shape: dict, tokens: int) -> float:
 def gemm_gflops(threads: int, size: int = 1024, repeats: int = 20) -> dict[str, float]:
     """The machine's best matrix throughput at `threads` threads: FP32 from PyTorch's GEMM,
     INT8 (u8 x s8 -> s32) from ONNX Runtime's MatMulInteger, each the best of `repeats`."""
+    import torch
+
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     fp32 = _best_seconds(lambda: torch.mm(a, b), repeats)

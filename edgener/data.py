@@ -118,7 +118,8 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     """Load train/valid/test as IOB2 sentences with the label set taken from train.
 
     A name that is neither a folder nor found under the data dir is looked up on the
-    Hugging Face hub (needs network access).
+    Hugging Face hub (needs network access); with HF_HUB_OFFLINE or HF_DATASETS_OFFLINE
+    set, such a name is a DataError at once, without trying the hub.
     """
     if scheme not in SCHEMES:
         raise DataError(f"unknown tag scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -164,6 +165,15 @@ def check_known_tags(sentences: list[Sentence], labels: list[str], filename: str
 
 
 def _load_hub_dataset(name: str, data_dir: str | None):
+    where = data_dir or os.environ.get(DATA_DIR_ENV) or "(no data dir set)"
+    # Offline, `datasets` still retries the hub for half a minute before it gives up; the
+    # user said there is no hub, so say at once where the dataset was looked for. The
+    # values are those huggingface_hub reads as true.
+    offline = [variable for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+               if os.environ.get(variable, "").strip().upper() in {"1", "TRUE", "YES", "ON"}]
+    if offline:
+        raise DataError(f"dataset {name!r} is neither a folder nor under the data dir {where}, "
+                        f"and the Hugging Face hub is offline ({offline[0]} is set)")
     try:
         import datasets
     except ImportError:  # pragma: no cover - a declared dependency
@@ -171,7 +181,6 @@ def _load_hub_dataset(name: str, data_dir: str | None):
     try:
         hub = datasets.load_dataset(name)
     except Exception as error:  # the hub raises many kinds; all mean "not available"
-        where = data_dir or os.environ.get(DATA_DIR_ENV) or "(no data dir set)"
         detail = (str(error).splitlines() or [type(error).__name__])[0]  # str() may be ""
         raise DataError(
             f"dataset {name!r} is neither a folder nor under the data dir {where}, "
