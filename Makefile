@@ -7,7 +7,8 @@ DATA_DIR ?= $(or $(EDGE_NER_DATA_DIR),../shared/data)
 DATASET ?= conll2003
 PRESET ?=
 QUICK ?=
-RUN ?= $(DATASET)$(if $(QUICK),-quick,)
+# A dataset given as a path names its run by its folder: runs/<name>, never the path itself.
+RUN ?= $(notdir $(abspath $(DATASET)))$(if $(QUICK),-quick,)
 
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
@@ -17,9 +18,11 @@ STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 all: teacher distill quantize report
 
 # The stamp is rebuilt when pyproject.toml changes, so a new dependency installs itself.
+# Everything a CPU box can run (train, quantize, report) and the test tools; an edge box
+# needs only `pip install edge-ner`.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[all,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -42,12 +42,12 @@ from bench.measure import (
     token_count,
 )
 from edgener.artifacts import ArtifactError
-from edgener.cli import print_wide, run_cli
+from edgener.backends import MODEL_FILES
+from edgener.cli import print_wide, run_stage
 from edgener.data import DATA_DIR_ENV, load_dataset
 from edgener.encoding import Encoder
 from edgener.predictor import artifact_encoder, read_artifact_manifest
 from edgener.runtime import MODEL_INPUTS
-from edgener.serving import MODEL_FILES
 from edgener.training import console
 
 ORT_MATRIX_OPS = frozenset({
@@ -197,7 +197,7 @@ def matrix_ms_per_run(events: list[dict]) -> list[float]:
 def inc_matrix_ms(path: Path, batch: dict[str, np.ndarray], calls: int, threads: int) -> float:
     """Per call, the self time of oneDNN's INT8 linear in the compiled graph, on one row
     (compiled for that size, unlike the runtime, which pads batch 1 to two rows)."""
-    from edgener.serving import IncBackend
+    from edgener.torch_backends import IncBackend
 
     backend = IncBackend(path, threads)
     inputs = [torch.from_numpy(batch[name]) for name in MODEL_INPUTS]
@@ -227,4 +227,4 @@ def print_rows(rows: list[dict], peak: dict, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_stage(main))

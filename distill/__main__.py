@@ -1,6 +1,6 @@
 import sys
 
 from distill.train import main
-from edgener.cli import run_cli
+from edgener.cli import run_stage
 
-sys.exit(run_cli(main))
+sys.exit(run_stage(main))

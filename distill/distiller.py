@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
-from edgener.encoding import IGNORE_INDEX, Window, collate, eval_batches
+from edgener.encoding import IGNORE_INDEX, Window, eval_batches
 from edgener.runtime import MODEL_INPUTS
-from edgener.training import console
+from edgener.training import collate, console
 
 
 def real_token_mask(batch: dict[str, torch.Tensor], special_ids: Sequence[int]) -> torch.Tensor:

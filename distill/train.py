@@ -29,7 +29,14 @@ from edgener.artifacts import (
     read_manifest,
 )
 from edgener.backbone import load_stage_model
-from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
+from edgener.config import (
+    ConfigError,
+    as_dict,
+    load_config,
+    parse_overrides,
+    preset_path,
+    run_path,
+)
 from edgener.data import load_dataset, recorded_dataset
 from edgener.encoding import Window
 from edgener.text import split_words
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
 
-    run_dir = Path(overrides.get("runs_dir", "runs")) / str(overrides.get("run", "conll2003"))
+    run_dir = run_path(str(overrides.get("runs_dir", "runs")),
+                            str(overrides.get("run", "conll2003")))
     teacher_manifest = read_manifest(run_dir / "teacher", "teacher", TEACHER_HINT)
     preset = args.preset or teacher_manifest.get("preset")
     config = load_config(DistillConfig, preset_path("distill", preset), overrides, args.quick)
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def distill(config: DistillConfig, preset: str, processes: Processes, fresh: bool) -> int:
     log = console.print if processes.is_main else (lambda *a, **k: None)
-    run_dir = Path(config.runs_dir) / config.run
+    run_dir = run_path(config.runs_dir, config.run)
     teacher, tokenizer, labels, teacher_manifest, encoder = load_stage_model(
         run_dir / "teacher", "teacher", TEACHER_HINT)
     teacher.to(processes.device).eval()

@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgener.errors import UserError
+
 MANIFEST = "manifest.json"
 CARD = "README.md"
 HASH_CHUNK = 1 << 20  # bytes read at a time: model files can be larger than memory allows
@@ -30,7 +32,7 @@ REBUILD = {
 }
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """A stage's input folder is missing or incomplete; the message says how to make it."""
 
 

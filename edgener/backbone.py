@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-from edgener.artifacts import read_json, read_manifest
+from edgener.artifacts import read_json, read_manifest, verify_files
 from edgener.encoding import CASE_CLASSES, Encoder
+from edgener.errors import UserError
 
 PACKAGE_PREFIX = "package:"
 
 
-class BackboneError(RuntimeError):
+class BackboneError(UserError, RuntimeError):
     pass
 
 
@@ -93,8 +94,6 @@ def widen_type_embeddings(model: torch.nn.Module, rows: int) -> None:
 def load_stage_model(folder: str | Path, stage: str, make_hint: str):
     """A published model folder: (model, tokenizer, labels, manifest, encoder), or an
     ArtifactError that says which command makes it."""
-    from edgener.artifacts import verify_files
-
     folder = Path(folder)
     manifest = read_manifest(folder, stage, make_hint)
     # A truncated weights file is one line naming it, not a safetensors traceback.
@@ -102,5 +101,5 @@ def load_stage_model(folder: str | Path, stage: str, make_hint: str):
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForTokenClassification.from_pretrained(folder)
     labels = read_json(folder / "labels.json")
-    encoder = Encoder(tokenizer, labels, **manifest["encoding"])
+    encoder = Encoder.from_transformers(tokenizer, labels, **manifest["encoding"])
     return model, tokenizer, labels, manifest, encoder

@@ -1,26 +1,75 @@
-"""Command-line entry: expected failures print one clear line, never a stack trace."""
+"""`edge-ner`: the one command, and what every command-line entry shares (expected failures
+print one line, never a traceback).
+
+    edge-ner predict ARTIFACT "Angela Merkel visited Paris."
+    edge-ner label ARTIFACT notes.txt --output notes.jsonl
+    edge-ner evaluate ARTIFACT test.txt
+    edge-ner info ARTIFACT
+    edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
+
+Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
+serving commands import only the runtime (ONNX Runtime, tokenizers, numpy); a stage
+imports its training stack when it runs, and says which extra to install if it is missing.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
 import logging
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-import transformers
+from edgener.errors import UserError
+from edgener.extras import needs_extra
 
-from edgener.artifacts import ArtifactError
-from edgener.backbone import BackboneError
-from edgener.config import ConfigError
-from edgener.data import DataError
-from edgener.training import TrainingInterrupted, console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-EXPECTED_ERRORS = (ArtifactError, BackboneError, ConfigError, DataError, FileNotFoundError)
+    from edgener.predictor import Predictor
+
+# subcommand -> (module whose main(argv) runs it, what it does)
+STAGES = {
+    "teacher": ("teacher.train", "fine-tune the teacher (needs edge-ner[train])"),
+    "distill": ("distill.train", "distill students from the teacher (needs edge-ner[train])"),
+    "quantize": ("quantize.build", "build INT8 artifacts (needs edge-ner[train,quantize])"),
+    "report": ("bench.report", "latency against F1 of every artifact (needs edge-ner[all])"),
+}
+# Lines read from a stream per call: enough to batch, never the whole input in memory.
+CHUNK_LINES = 256
+
+
+def get_console() -> Console:
+    """The terminal console of every command, made on first use: rich takes a tenth of a
+    second to import, which a plain `edge-ner predict` never pays."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console()
+    return _console
+
+
+_console: Console | None = None
+
+
+def __getattr__(name: str):
+    """`from edgener.cli import console` (the stages' import) makes the console then."""
+    if name == "console":
+        return get_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def quiet_libraries() -> None:
     """Keep the terminal for the stage's own progress: no load reports, optional-kernel
     warnings (torchao, pulled in by transformers, warns about CUDA kernels on a CPU box) or
     advice that torch.compile and torch.export print at every build."""
+    import transformers
+
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     for name in ("torchao", "torch.utils._pytree", "torch.export", "torch._dynamo",
@@ -33,18 +82,304 @@ def quiet_libraries() -> None:
 
 def print_wide(renderable, min_width: int) -> None:
     """Print a wide table whole: rich assumes 80 columns for a log file or a pipe."""
+    console = get_console()
     if not console.is_terminal:
         console.width = max(console.width, min_width)
     console.print(renderable)
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    quiet_libraries()
+    """Run a command's main; an expected failure is one line on stderr and its exit code."""
     try:
         return main()
-    except EXPECTED_ERRORS as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        return 2
-    except TrainingInterrupted as interrupted:
-        console.print(f"\n[yellow]interrupted[/]: {interrupted}", highlight=False, soft_wrap=True)
-        return 130
+    except (UserError, FileNotFoundError) as error:
+        label = getattr(error, "label", "error")
+        print(f"{label}: {error}", file=sys.stderr, flush=True)
+        return getattr(error, "exit_code", 1)
+
+
+def run_stage(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """A pipeline stage's main, with the libraries' chatter silenced."""
+
+    def quiet_main() -> int:
+        with needs_extra("this stage"):
+            quiet_libraries()
+        return main(argv)
+
+    return run_cli(quiet_main)
+
+
+# --- the serving commands ------------------------------------------------------------
+
+
+def load(args: argparse.Namespace) -> Predictor:
+    from edgener.predictor import load_predictor
+
+    return load_predictor(args.artifact, args.threads, args.batch_size)
+
+
+def json_line(text: str, found) -> str:
+    return json.dumps({"text": text, "entities": [e.as_dict() for e in found]},
+                      ensure_ascii=False)
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_lines(predictor: Predictor, texts: Iterable[str], chunk: int) -> Iterator[str]:
+    """JSON lines for texts, chunk by chunk: a long input is never held whole in memory."""
+    for batch in chunks(texts, chunk):
+        for text, found in zip(batch, predictor.predict_batch(batch), strict=True):
+            yield json_line(text, found)
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    predictor = load(args)
+    texts = args.text or (line.rstrip("\r\n") for line in sys.stdin)
+    for line in predict_lines(predictor, texts, CHUNK_LINES):
+        print(line, flush=True)
+    return 0
+
+
+class Progress:
+    """Bytes of the input read so far, as a bar on stderr when it is a terminal."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.total = path.stat().st_size
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress("{task.description}", BarColumn(), DownloadColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task(f"labelling {path.name}", total=self.total)
+            self.bar.start()
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def conll_blocks(lines: Iterable[str]) -> Iterator[tuple[list[str], list[str]]]:
+    """(lines, words) of each sentence of a CoNLL file, and of each run of lines between
+    sentences (blank and -DOCSTART- lines, with no words), in file order."""
+    block: list[str] = []
+    words: list[str] = []
+    for line in lines:
+        columns = line.split()
+        is_word = bool(columns) and columns[0] != "-DOCSTART-"
+        if is_word != bool(words) and block:
+            yield block, words
+            block, words = [], []
+        block.append(line)
+        if is_word:
+            words.append(columns[0])
+    if block:
+        yield block, words
+
+
+def label_conll(predictor: Predictor, lines: Iterable[str], out: IO[str]) -> None:
+    """Each word line with its predicted tag as a last column; other lines as they were."""
+    for group in chunks(conll_blocks(lines), CHUNK_LINES):
+        sentences = [words for _, words in group if words]
+        tagged = iter(predictor.tag(sentences))
+        for block, words in group:
+            tags = next(tagged)[0] if words else []
+            tag_of = iter(tags)
+            for line in block:
+                columns = line.split()
+                if columns and columns[0] != "-DOCSTART-":
+                    out.write(f"{line.rstrip()} {next(tag_of)}\n")
+                else:
+                    out.write(line.rstrip("\r\n") + "\n")
+
+
+def command_label(args: argparse.Namespace) -> int:
+    path = Path(args.input)
+    if not path.is_file():
+        raise UserError(f"no input file at {path}")
+    predictor = load(args)
+    # The bar goes to stderr; over entities printed to the same terminal it would garble.
+    progress = Progress(path, enabled=args.output is not None or not sys.stdout.isatty())
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        with open(path, "rb") as raw:
+            lines = read_lines(raw, progress)
+            if args.format == "conll":
+                label_conll(predictor, lines, out)
+            else:
+                for line in predict_lines(predictor, lines, CHUNK_LINES):
+                    out.write(line + "\n")
+    finally:
+        progress.close()
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def read_lines(raw: IO[bytes], progress: Progress) -> Iterator[str]:
+    """Decoded lines of a UTF-8 file (a leading byte-order mark dropped), line ends cut."""
+    for number, line in enumerate(raw, start=1):
+        progress.advance(raw.tell())
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{raw.name}:{number}: not valid UTF-8") from None
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        yield text.rstrip("\r\n")
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from edgener.data import find_split_file, read_conll
+    from edgener.metrics import entity_scores
+    from edgener.tags import detect_scheme, to_iob2
+
+    data = Path(args.data)
+    path = find_split_file(data, args.split) if data.is_dir() else data
+    sentences = read_conll(path)
+    scheme = detect_scheme([s.tags for s in sentences])
+    gold = [to_iob2(s.tags, scheme) for s in sentences]
+    predictor = load(args)
+    predicted = [tags for tags, _ in predictor.tag([s.words for s in sentences])]
+    scores = entity_scores(gold, predicted)
+    if args.json:
+        print(json.dumps({"data": str(path), "sentences": len(sentences), **scores}, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.artifact} on {path} ({len(sentences)} sentences)")
+    for column in ("type", "precision", "recall", "F1", "entities"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    rows = [*scores["per_type"].items(), ("all", scores)]
+    for kind, values in rows:
+        table.add_row(kind, *(f"{100 * values[k]:.2f}" for k in ("precision", "recall", "f1")),
+                      str(values["support"]), end_section=kind == rows[-2][0])
+    get_console().print(table)
+    return 0
+
+
+def command_info(args: argparse.Namespace) -> int:
+    from edgener.artifacts import read_json
+    from edgener.predictor import read_artifact_manifest
+
+    folder = Path(args.artifact)
+    manifest = read_artifact_manifest(folder)
+    if args.verify:
+        from edgener.artifacts import verify_files
+
+        verify_files(folder, manifest, hashes=True)
+    metrics_path = folder / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    facts = artifact_facts(folder, manifest, metrics)
+    if args.verify:
+        facts["verified"] = f"{len(manifest.get('files', {}))} files match their SHA-256"
+    if args.json:
+        print(json.dumps(facts, indent=2, ensure_ascii=False))
+        return 0
+    width = max(len(key) for key in facts)
+    for key, value in facts.items():
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) \
+            else value
+        print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
+    """What `edge-ner info` shows: what the artifact is and what it scores."""
+    stage = manifest["stage"]
+    backend = manifest.get("backend", "pytorch")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    facts = {
+        "artifact": str(folder),
+        "stage": stage,
+        "source": manifest.get("source_name") or manifest.get("teacher_name")
+        or manifest.get("model") or "",
+        "backend": backend,
+        "precision": manifest.get("precision", "fp32"),
+        "size_mb": round(size / 2**20, 1),
+    }
+    for split in ("valid", "test"):
+        scores = metrics.get(split) or {}
+        if "f1" in scores:
+            facts[f"{split}_f1"] = round(100 * scores["f1"], 2)
+    facts["labels"] = manifest.get("labels") or []
+    facts["encoding"] = manifest["encoding"]
+    facts["created"] = manifest.get("created", "")
+    return facts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-ner", description="Named entities from raw text with a small, fast model, "
+        "and the pipeline that makes it.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def artifact_command(name: str, help: str, handler) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("artifact", help="an artifact folder: runs/<run>/quantized/<name>, "
+                         "runs/<run>/students/<name> or runs/<run>/teacher")
+        sub.add_argument("--threads", type=int, default=None,
+                         help="CPU threads (default: all cores)")
+        sub.add_argument("--batch-size", type=int, default=32,
+                         help="windows per model call")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    predict = artifact_command("predict", "entities of texts as JSON lines", command_predict)
+    predict.add_argument("text", nargs="*", help="texts to tag; none: one a line from stdin")
+    label = artifact_command("label", "tag a text file (a text a line, JSON lines out) or a "
+                             "CoNLL file (the predicted tag as a last column)", command_label)
+    label.add_argument("input", help="the file to tag")
+    label.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
+                       help="jsonl: a text a line in, JSON lines out; conll: a token a line "
+                       "in, the same lines with the predicted tag appended out")
+    label.add_argument("--output", help="write here (default: stdout)")
+    evaluate = artifact_command("evaluate", "entity precision, recall and F1 on labelled data",
+                                command_evaluate)
+    evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    info = commands.add_parser("info", help="what an artifact is and what it scores")
+    info.add_argument("artifact")
+    info.add_argument("--verify", action="store_true",
+                      help="check every file against the SHA-256 in its manifest")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=command_info)
+    for name, (_, help) in STAGES.items():
+        stage = commands.add_parser(name, help=help, add_help=False)
+        stage.add_argument("stage_args", nargs=argparse.REMAINDER)
+        stage.set_defaults(stage=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGES:  # the stage parses its own options (and --help)
+        with needs_extra(f"`edge-ner {argv[0]}`"):
+            module = importlib.import_module(STAGES[argv[0]][0])
+        return run_stage(module.main, argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def entry() -> None:
+    """The console script."""
+    try:
+        sys.exit(run_cli(main))
+    except BrokenPipeError:  # `edge-ner predict ... | head`: the reader left
+        sys.stderr.close()
+        sys.exit(0)

@@ -7,16 +7,20 @@ that apply in quick mode (a slice of the data, fewer steps).
 from __future__ import annotations
 
 import dataclasses
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+from edgener.errors import UserError
+
+# The presets: configs/ in a checkout, installed as the package edgener.configs.
+CONFIG_ROOT = Path(str(files("edgener.configs")))
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -81,3 +85,18 @@ def _coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
 
 def as_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def run_path(runs_dir: str, run: str) -> Path:
+    """runs_dir/<run>. A run is a plain name, never a path: joined with an absolute path it
+    would be that path, and a stage would write into it (a dataset folder, say)."""
+    if not run or run in (".", "..") or Path(run).name != run:
+        raise ConfigError(f"run {run!r} is not a plain name: runs live in {runs_dir}/<run>; "
+                          "for a dataset given as a path, the run is its folder name")
+    return Path(runs_dir) / run
+
+
+def dataset_run_name(dataset: str) -> str:
+    """The run a dataset's pipeline writes by default: its name, or its folder's name."""
+    return Path(dataset).resolve().name if Path(dataset).is_dir() else Path(dataset).name
+

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgener.errors import UserError
 from edgener.tags import SCHEMES, detect_scheme, is_valid_tag, to_iob2
 
 DATA_DIR_ENV = "EDGE_NER_DATA_DIR"
@@ -16,7 +17,7 @@ SPLIT_FILES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and line."""
 
 
@@ -70,6 +71,8 @@ def read_conll(path: str | Path) -> list[Sentence]:
                 f"{path}:{number}: not valid UTF-8 (byte {raw_line[error.start]:#04x} "
                 f"at column {error.start + 1})"
             ) from None
+        if number == 1:  # an editor's byte-order mark is no part of the first token
+            line = line.removeprefix("\ufeff")
         columns = line.split()
         if not columns:
             close_sentence()

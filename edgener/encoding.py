@@ -8,14 +8,17 @@ and no word is ever truncated away.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
+
+from edgener.errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -92,33 +95,85 @@ def plan_windows(word_lengths: Sequence[int], max_tokens: int, overlap: int) -> 
     return specs
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    cls: int
+    sep: int
+    pad: int
+    unk: int
+
+
+# The special tokens' names in a Hugging Face tokenizer_config.json.
+SPECIAL_TOKEN_KEYS = {"cls": "cls_token", "sep": "sep_token", "pad": "pad_token",
+                      "unk": "unk_token"}
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer folder that cannot give the word pieces or special tokens."""
+
+
 class Encoder:
-    """Turns word sequences into windows for one tokenizer and label set."""
+    """Turns word sequences into windows for one tokenizer and label set.
+
+    It needs only the `tokenizers` library: the serving runtime builds it from an
+    artifact's tokenizer.json (`from_folder`), the training recipes from a transformers
+    tokenizer (`from_transformers`); both give the same Rust tokenizer and special ids."""
 
     def __init__(
         self,
-        tokenizer,
+        word_piecer: Tokenizer,
+        special: SpecialTokens,
         labels: Sequence[str],
         max_length: int,
         window_overlap: int,
         case_features: bool,
     ):
-        self.tokenizer = tokenizer
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.max_length = max_length
         self.max_tokens = max_length - 2  # room for [CLS] and [SEP]
         self.window_overlap = window_overlap
         self.case_features = case_features
-        self.cls_id = tokenizer.cls_token_id
-        self.sep_id = tokenizer.sep_token_id
-        self.unk_id = tokenizer.unk_token_id
-        self.pad_id = tokenizer.pad_token_id  # transformers' attribute lookup is slow per call
-        # The Rust tokenizer alone, without the padding and truncation that a tokenizer.json
-        # may carry (transformers resets them on every call; this copy never has them).
-        self.word_piecer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.cls_id, self.sep_id = special.cls, special.sep
+        self.pad_id, self.unk_id = special.pad, special.unk
+        # Words are encoded one pre-split call at a time, so the padding and truncation a
+        # tokenizer.json may carry would cut or pad them: this copy never has them.
+        self.word_piecer = Tokenizer.from_str(word_piecer.to_str())
         self.word_piecer.no_padding()
         self.word_piecer.no_truncation()
         self._pieces: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_transformers(cls, tokenizer, labels: Sequence[str], max_length: int,
+                          window_overlap: int, case_features: bool) -> Encoder:
+        """From a transformers fast tokenizer (its Rust tokenizer and special ids)."""
+        special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                tokenizer.pad_token_id, tokenizer.unk_token_id)
+        return cls(tokenizer.backend_tokenizer, special, labels, max_length, window_overlap,
+                   case_features)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, labels: Sequence[str], max_length: int,
+                    window_overlap: int, case_features: bool) -> Encoder:
+        """From a saved tokenizer's tokenizer.json and tokenizer_config.json (the files
+        transformers' save_pretrained writes), without transformers."""
+        folder = Path(folder)
+        try:
+            word_piecer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except Exception as error:  # tokenizers raises a bare Exception on a bad file
+            raise TokenizerError(f"cannot read the tokenizer in {folder} "
+                                 f"({str(error).splitlines()[0]})") from None
+        ids = {}
+        for name, key in SPECIAL_TOKEN_KEYS.items():
+            token = config.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            token_id = word_piecer.token_to_id(token) if isinstance(token, str) else None
+            if token_id is None:
+                raise TokenizerError(f"{folder / 'tokenizer_config.json'}: no {key} in the "
+                                     "tokenizer's vocabulary")
+            ids[name] = token_id
+        return cls(word_piecer, SpecialTokens(**ids), labels, max_length, window_overlap,
+                   case_features)
 
     def settings(self) -> dict:
         """What a manifest records, so that a later stage rebuilds the same encoder."""
@@ -195,12 +250,6 @@ def pad_arrays(windows: Sequence[Window], pad_id: int,
         if with_labels:
             batch["labels"][row, :n] = window.labels
     return batch
-
-
-def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
-    """A padded training batch, labels included, as tensors."""
-    return {k: torch.from_numpy(v)
-            for k, v in pad_arrays(windows, pad_id, with_labels=True).items()}
 
 
 def train_batches(

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgener.artifacts import ArtifactError, read_json, read_manifest
-from edgener.backbone import load_tokenizer
+from edgener.artifacts import ArtifactError, read_json, read_manifest, verify_files
+from edgener.backends import load_backend
 from edgener.decoding import constrained_path, path_probabilities
-from edgener.encoding import Encoder
+from edgener.encoding import Encoder, TokenizerError
 from edgener.runtime import Backend, word_logits
-from edgener.serving import load_backend
 from edgener.tags import entity_spans
 from edgener.text import Word, split_words
 
@@ -62,6 +61,9 @@ class Predictor:
         replaces the one its manifest names (the benchmark's peers use this)."""
         folder = Path(folder)
         manifest = read_artifact_manifest(folder)
+        # Sizes only: a truncated copy is caught for the price of a stat per file; the
+        # hashes (`edge-ner info --verify`) would cost a read of every byte at each start.
+        verify_files(folder, manifest)
         encoder, labels = artifact_encoder(folder, manifest)
         if backend is None:
             backend = load_backend(folder, manifest, threads)
@@ -102,10 +104,9 @@ def artifact_encoder(folder: Path, manifest: dict) -> tuple[Encoder, list[str]]:
     """The encoder and labels an artifact folder was built with (its manifest already read)."""
     try:
         labels = read_json(folder / "labels.json")
-        tokenizer = load_tokenizer(str(folder))
-    except (OSError, ValueError) as error:
+        return Encoder.from_folder(folder, labels, **manifest["encoding"]), labels
+    except (OSError, ValueError, TokenizerError) as error:
         raise ArtifactError(f"{folder} is incomplete: {str(error).splitlines()[0]}") from error
-    return Encoder(tokenizer, labels, **manifest["encoding"]), labels
 
 
 def read_artifact_manifest(folder: Path) -> dict:

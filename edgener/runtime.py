@@ -4,6 +4,9 @@ A backend is a callable from a padded batch of model inputs (numpy int64 arrays 
 input_ids, attention_mask, token_type_ids) to token logits [batch, tokens, labels]. Every
 stage scores a model through the backend that will serve it, with the same windows,
 word alignment and constrained decoding, so their F1 numbers compare like for like.
+
+Nothing here imports torch: this is the runtime an edge box installs (numpy, tokenizers,
+ONNX Runtime). PyTorch-based backends live in edgener.torch_backends.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.decoding import constrained_decode
@@ -21,32 +23,6 @@ from edgener.metrics import entity_scores
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-class TokenLogits(torch.nn.Module):
-    """A Hugging Face token classifier with positional inputs and bare logits: the plain
-    signature (input_ids, attention_mask, token_type_ids) -> logits that torch.export,
-    neural-compressor and TensorRT programs share, free of transformers' output classes."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).logits
-
-
-def torch_backend(model: torch.nn.Module, device: torch.device | str = "cpu") -> Backend:
-    """A PyTorch token classifier as a backend (eval mode, no gradients)."""
-
-    @torch.no_grad()
-    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = {k: torch.from_numpy(batch[k]).to(device) for k in MODEL_INPUTS}
-        return model(**inputs).logits.float().cpu().numpy()
-
-    return run
 
 
 class OnnxBackend:

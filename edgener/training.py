@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,10 +21,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edgener.encoding import Encoder, Window, collate, train_batches
-from edgener.runtime import score, torch_backend
+from edgener.cli import console
+from edgener.encoding import Encoder, Window, pad_arrays, train_batches
+from edgener.errors import UserError
+from edgener.runtime import score
+from edgener.torch_backends import torch_backend
 
-console = Console()
+
+def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
+    """A padded training batch, labels included, as tensors."""
+    return {k: torch.from_numpy(v)
+            for k, v in pad_arrays(windows, pad_id, with_labels=True).items()}
 
 
 @dataclass
@@ -196,8 +202,11 @@ class TrainSettings:
     threads: int | None = None  # torch threads per process; None: cores / processes
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(UserError):
     """Ctrl-C during training; the checkpoint to resume from is saved."""
+
+    exit_code = 130
+    label = "interrupted"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import sys
 
-from edgener.cli import run_cli
+from edgener.cli import run_stage
 from quantize.build import main
 
-sys.exit(run_cli(main))
+sys.exit(run_stage(main))

@@ -32,9 +32,17 @@ from edgener.artifacts import (
     write_json_atomic,
 )
 from edgener.backbone import load_stage_model
-from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
+from edgener.config import (
+    ConfigError,
+    as_dict,
+    load_config,
+    parse_overrides,
+    preset_path,
+    run_path,
+)
 from edgener.data import Sentence, load_dataset, recorded_dataset
-from edgener.runtime import Backend, OnnxBackend, score, torch_backend, word_logits
+from edgener.runtime import Backend, OnnxBackend, score, word_logits
+from edgener.torch_backends import torch_backend
 from edgener.training import console
 from quantize import ort_quant
 from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quantize(config: QuantizeConfig, fresh: bool) -> int:
-    run_dir = Path(config.runs_dir) / config.run
+    run_dir = run_path(config.runs_dir, config.run)
     sources = find_models(run_dir, config.models)
     recorded = recorded_dataset(read_json(sources[0][1] / MANIFEST))
     dataset = load_dataset(config.dataset or recorded, config.data_dir)

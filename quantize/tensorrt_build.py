@@ -30,12 +30,13 @@ from types import ModuleType
 import torch
 
 from edgener.artifacts import ArtifactError
+from edgener.backends import ShapeProfile
 from edgener.config import ConfigError
-from edgener.runtime import MODEL_INPUTS, TokenLogits
-from edgener.serving import (
+from edgener.runtime import MODEL_INPUTS
+from edgener.torch_backends import (
     PROGRAM_INPUT_DTYPE,
-    ShapeProfile,
     TensorRTEngineBackend,
+    TokenLogits,
     TorchTensorRTBackend,
     trt_dtype_name,
 )

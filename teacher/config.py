@@ -16,7 +16,7 @@ class TeacherConfig(TrainSettings):
     dataset: str = "conll2003"  # folder, name under data_dir, or hub dataset
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     tag_scheme: str = "auto"  # auto, iob1, iob2 or bioes; converted to IOB2
-    run: str = "conll2003"
+    run: str | None = None  # None: the dataset's name (a dataset folder's name)
     runs_dir: str = "runs"
     # Inputs
     max_length: int = 128  # subword tokens per window, [CLS] and [SEP] included

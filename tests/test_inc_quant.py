@@ -19,9 +19,11 @@ from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 from edgener.artifacts import ArtifactError, make_manifest, write_json_atomic
 from edgener.data import Sentence
 from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder, collate, pad_arrays
+from edgener.encoding import Encoder, pad_arrays
 from edgener.predictor import load_predictor
-from edgener.runtime import MODEL_INPUTS, torch_backend, word_logits
+from edgener.runtime import MODEL_INPUTS, word_logits
+from edgener.torch_backends import torch_backend
+from edgener.training import collate
 from quantize.build import Source
 from quantize.config import QuantizeConfig
 
@@ -57,7 +59,7 @@ def train_briefly(model: BertForTokenClassification, encoder: Encoder,
                   sentences: list[Sentence]) -> None:
     """A few steps on train, so that valid F1 is above 0 and tuning has a baseline."""
     windows = encoder.encode_all([s.words for s in sentences], [s.tags for s in sentences])
-    batch = collate(windows, encoder.tokenizer.pad_token_id)
+    batch = collate(windows, encoder.pad_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(60):
@@ -75,7 +77,8 @@ def tiny_source(tiny_bert, tmp_path_factory) -> Source:
     config = BertConfig.from_pretrained(tiny_bert, num_labels=len(LABELS))
     torch.manual_seed(0)
     model = BertForTokenClassification(config)
-    encoder = Encoder(tokenizer, LABELS, max_length=16, window_overlap=4, case_features=False)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=16, window_overlap=4, case_features=False)
     train_briefly(model, encoder, synthetic_splits()["train"])
     work = tmp_path_factory.mktemp("inc-work")
     return Source("tiny", tiny_bert, model, tokenizer, LABELS,
@@ -166,7 +169,7 @@ def test_build_records_int8_artifact_fp32_ops_and_tuning(built):
 
 @pytest.mark.slow
 def test_saved_artifact_reloads_close_to_fp32(built, tiny_source):
-    from edgener.serving import IncBackend
+    from edgener.torch_backends import IncBackend
 
     batch = sample_batch(tiny_source, rows=6)
     expected = torch_backend(tiny_source.model)(batch)
@@ -276,7 +279,7 @@ def test_export_failure_is_one_line_artifact_error(tiny_source, monkeypatch):
 
 
 def test_missing_artifact_is_an_artifact_error(tmp_path):
-    from edgener.serving import IncBackend
+    from edgener.torch_backends import IncBackend
 
     with pytest.raises(ArtifactError, match="cannot load"):
         IncBackend(tmp_path / "absent")

@@ -48,7 +48,8 @@ def test_linear_layers_are_in_the_order_a_bert_runs_them(tiny_bert):
 
 def test_sentence_batch_is_one_row_of_the_asked_positions(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    encoder = Encoder(tokenizer, ["O"], max_length=32, window_overlap=4, case_features=False)
+    encoder = Encoder.from_transformers(
+        tokenizer, ["O"], max_length=32, window_overlap=4, case_features=False)
     batch = sentence_batch(encoder, 9)
     assert {name: a.shape for name, a in batch.items()} == {
         "input_ids": (1, 9), "attention_mask": (1, 9), "token_type_ids": (1, 9)}

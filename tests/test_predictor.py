@@ -1,10 +1,9 @@
 """The Predictor: raw text to entities from each CPU artifact kind (Hugging Face PyTorch, ONNX
-FP32, ONNX INT8), character offsets, long texts, clear errors, and the bench.predict CLI.
+FP32, ONNX INT8), character offsets, long texts and clear errors (the command: test_cli).
 The neural-compressor kind is covered in test_inc_quant (it shares that module's build)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from edgener.tags import split_tag
 from edgener.text import split_words
 from quantize import ort_quant
 from quantize.onnx_export import export_onnx
-from tests.conftest import run_module
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 KINDS = ("pytorch", "onnx-fp32", "onnx-int8")
@@ -40,7 +38,8 @@ def artifacts(tiny_bert: Path, tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     model = BertForTokenClassification(config).eval()
     # A 16-token window: every text here spans several overlapping windows.
-    encoder = Encoder(tokenizer, LABELS, max_length=16, window_overlap=4, case_features=False)
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=16, window_overlap=4, case_features=False)
     fields = {"encoding": encoder.settings(), "labels": LABELS}
     folders = {"pytorch": root / "student"}
     publish_model(folders["pytorch"], model, tokenizer, LABELS, {}, {},
@@ -144,26 +143,3 @@ def test_missing_and_corrupt_artifacts_are_clear_errors(artifacts, tmp_path):
     (broken / "model.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ArtifactError, match="ONNX Runtime cannot load"):
         Predictor.from_folder(broken)
-
-
-def test_cli_tags_arguments_and_stdin_lines(artifacts, tmp_path):
-    result = run_module("bench.predict", str(artifacts["onnx-fp32"]), TEXTS[0], TEXTS[1],
-                        "--threads", "1", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["text"] for line in lines] == TEXTS[:2]
-    expected = load_predictor(artifacts["onnx-fp32"], threads=1).predict_batch(TEXTS[:2])
-    assert [line["entities"] for line in lines] == [[e.as_dict() for e in f] for f in expected]
-
-    piped = run_module("bench.predict", str(artifacts["pytorch"]), cwd=tmp_path,
-                       stdin=f"{TEXTS[2]}\n\n北京 and Zoë\n")
-    assert piped.returncode == 0, piped.stderr
-    lines = [json.loads(line) for line in piped.stdout.splitlines()]
-    assert [line["text"] for line in lines] == [TEXTS[2], "", "北京 and Zoë"]
-    assert lines[1]["entities"] == []
-
-
-def test_cli_missing_artifact_is_one_line(tmp_path):
-    result = run_module("bench.predict", str(tmp_path / "nothing"), "text", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "error:" in result.stdout and "Traceback" not in result.stdout + result.stderr

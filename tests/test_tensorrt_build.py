@@ -13,11 +13,12 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
 from edgener.artifacts import ArtifactError
+from edgener.backends import ShapeProfile
 from edgener.config import ConfigError
 from edgener.data import Sentence
 from edgener.encoding import Encoder, pad_arrays
-from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, torch_backend
-from edgener.serving import ProfiledBackend, ShapeProfile, torch_dtype
+from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend
+from edgener.torch_backends import ProfiledBackend, torch_backend, torch_dtype
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
 from quantize.config import QuantizeConfig
@@ -53,7 +54,8 @@ def config(**overrides) -> QuantizeConfig:
 @pytest.fixture(scope="module")
 def encoder(tiny_bert: Path) -> Encoder:
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    return Encoder(tokenizer, LABELS, max_length=WINDOW, window_overlap=8, case_features=False)
+    return Encoder.from_transformers(tokenizer, LABELS, max_length=WINDOW, window_overlap=8,
+                                     case_features=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def batches(encoder: Encoder) -> list[dict[str, np.ndarray]]:
     every length up to the full window (more than the profile's 8, so the backend runs them
     in two slices; much of the batch is padding, so the attention mask matters)."""
     windows = sorted(encoder.encode_all(SENTENCES), key=lambda w: len(w.input_ids))
-    pad = encoder.tokenizer.pad_token_id
+    pad = encoder.pad_id
     spread = [windows[round(i * (len(windows) - 1) / 9)] for i in range(10)]
     short, mixed = pad_arrays(windows[:3], pad), pad_arrays(spread, pad)
     assert short["input_ids"].shape[1] < mixed["input_ids"].shape[1] == WINDOW
@@ -89,7 +91,8 @@ def batches(encoder: Encoder) -> list[dict[str, np.ndarray]]:
 
 
 def make_source(model: torch.nn.Module, encoder: Encoder, folder: Path) -> Source:
-    return Source("tiny", folder, model, encoder.tokenizer, LABELS, {}, encoder,
+    # The source's tokenizer is only saved into published folders, which these tests skip.
+    return Source("tiny", folder, model, None, LABELS, {}, encoder,
                   folder / "work")
 
 

@@ -1,9 +1,7 @@
-"""What serves each kind of artifact, as a runtime backend, and `load_backend` that picks it
-from an artifact folder's manifest.
-
-Hugging Face folders (teacher, students) run in PyTorch; ONNX artifacts in ONNX Runtime;
-neural-compressor's PT2E save through torch.compile; TensorRT artifacts on the GPU. Each
-backend maps a padded batch of model inputs to token logits (see edgener.runtime).
+"""The backends that run in PyTorch: Hugging Face folders (teacher, students) in eager
+mode, neural-compressor's PT2E save through torch.compile, and TensorRT artifacts on the
+GPU. Each maps a padded batch of model inputs to token logits (see edgener.runtime);
+edgener.backends imports this module only when such an artifact is loaded.
 
 Why the INC graph is compiled: the converted graph run as is computes in FP32 with fake
 quantize/dequantize steps; INT8 kernels (oneDNN qlinear) appear only with torch.compile and
@@ -13,7 +11,6 @@ except for a size of one (0/1 specialisation, ~20 s more): hence the padding bel
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,7 +18,8 @@ import numpy as np
 import torch
 
 from edgener.artifacts import ArtifactError
-from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend, torch_backend
+from edgener.backends import ShapeProfile
+from edgener.runtime import MODEL_INPUTS, Backend
 
 # The compiled program takes int32 ids: TensorRT's index type, and every id, mask and
 # type value fits; the backend casts the runtime's int64 arrays.
@@ -30,6 +28,32 @@ PROGRAM_INPUT_DTYPE = torch.int32
 TRT_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
               "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
               "BOOL": torch.bool}
+
+
+class TokenLogits(torch.nn.Module):
+    """A Hugging Face token classifier with positional inputs and bare logits: the plain
+    signature (input_ids, attention_mask, token_type_ids) -> logits that torch.export,
+    neural-compressor and TensorRT programs share, free of transformers' output classes."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).logits
+
+
+def torch_backend(model: torch.nn.Module, device: torch.device | str = "cpu") -> Backend:
+    """A PyTorch token classifier as a backend (eval mode, no gradients)."""
+
+    @torch.no_grad()
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(batch[k]).to(device) for k in MODEL_INPUTS}
+        return model(**inputs).logits.float().cpu().numpy()
+
+    return run
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
@@ -102,30 +126,6 @@ class IncBackend(GraphBackend):
             raise ArtifactError(f"neural-compressor: cannot load {folder} "
                                 f"({str(error).splitlines()[0]})") from error
         super().__init__(model, threads, compile)
-
-
-@dataclasses.dataclass(frozen=True)
-class ShapeProfile:
-    """The [batch, sequence] shapes an engine accepts (min to max), tuned for opt."""
-
-    min: tuple[int, int]
-    opt: tuple[int, int]
-    max: tuple[int, int]
-
-    def as_dict(self) -> dict:
-        return {"axes": ["batch", "sequence"], "min": list(self.min), "opt": list(self.opt),
-                "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, shapes: dict) -> ShapeProfile:
-        return cls(*(tuple(shapes[key]) for key in ("min", "opt", "max")))
-
-    def example_shape(self) -> tuple[int, int]:
-        """A tracing shape inside the profile: torch.export specializes an axis traced at
-        size 1, so dynamic axes are traced at 2 or more."""
-        batch, length = (min(hi, max(opt, 2)) if hi > lo else lo
-                         for lo, opt, hi in zip(self.min, self.opt, self.max, strict=True))
-        return batch, length
 
 
 def trt_dtype_name(dtype: object) -> str:
@@ -221,44 +221,26 @@ class TensorRTEngineBackend(ProfiledBackend):
         return results[self.outputs[0]].float().cpu().numpy()
 
 
-# backend name in a quantized manifest -> the model file in its folder
-MODEL_FILES = {"onnxruntime": "model.onnx", "neural-compressor": "inc",
-               "torch-tensorrt": "model.ep", "tensorrt": "model.engine"}
+def hf_backend(folder: Path, threads: int | None = None) -> Backend:
+    """A published Hugging Face folder (teacher or student) in PyTorch eager mode."""
+    from transformers import AutoModelForTokenClassification
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"cannot load the PyTorch model in {folder} "
+                            f"({str(error).splitlines()[0]})") from error
+    return torch_backend(model)
 
 
-def load_backend(folder: str | Path, manifest: dict, threads: int | None = None) -> Backend:
-    """The backend that serves the artifact in `folder` (its manifest already read).
-
-    `threads` fixes the CPU threads (torch's intra-op pool, or the ONNX Runtime session's);
-    None leaves the libraries' defaults (all cores)."""
-    folder = Path(folder)
-    if manifest.get("stage") in ("teacher", "student"):
-        from transformers import AutoModelForTokenClassification
-
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            model = AutoModelForTokenClassification.from_pretrained(folder).eval()
-        except (OSError, ValueError) as error:
-            raise ArtifactError(f"cannot load the PyTorch model in {folder} "
-                                f"({str(error).splitlines()[0]})") from error
-        return torch_backend(model)
-    backend = manifest.get("backend")
-    if backend not in MODEL_FILES:
-        raise ArtifactError(f"{folder}: unknown artifact backend {backend!r} in its manifest; "
-                            f"known: {', '.join(MODEL_FILES)}")
-    path = folder / MODEL_FILES[backend]
-    if not path.exists():
-        raise ArtifactError(f"{folder} lacks {path.name}, its {backend} model; rebuild it with "
-                            "`make quantize ARGS=--fresh`")
-    if backend == "onnxruntime":
-        return OnnxBackend(path, threads)
-    if backend == "neural-compressor":
-        return IncBackend(path, threads)
+def engine_backend(folder: Path, backend: str, path: Path, profile: ShapeProfile) -> Backend:
+    """A TensorRT engine or Torch-TensorRT program, which needs an NVIDIA GPU."""
     if not torch.cuda.is_available():
         raise ArtifactError(f"{folder} is a {backend} engine and needs an NVIDIA GPU; "
                             "this machine has no CUDA device")
-    profile = ShapeProfile.from_dict(manifest["tensorrt"]["shapes"])
     if backend == "torch-tensorrt":
         return TorchTensorRTBackend(path, profile)
     return TensorRTEngineBackend(path, profile)
+

@@ -1,0 +1,1 @@
+"""The stages' YAML presets (configs/<stage>/<preset>.yaml), installed as edgener.configs."""

@@ -1,0 +1,208 @@
+"""The `edge-ner` command, run as a user runs it (the installed console script, in a
+subprocess): predict, label, evaluate, info, exit codes, and the lean runtime with torch
+and transformers unimportable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edgener.predictor import load_predictor
+from tests.conftest import module_env
+from tests.test_predictor import LABELS, TEXTS, artifacts  # noqa: F401 (a fixture)
+
+EDGE_NER = Path(sys.executable).parent / "edge-ner"
+# Starts the command with torch and transformers unimportable, as on a box with the base
+# install only: `import torch` raises ModuleNotFoundError, as it would there.
+WITHOUT_TRAINING_STACK = (
+    "import sys\n"
+    "for name in ('torch', 'transformers', 'textbrewer', 'neural_compressor'):\n"
+    "    sys.modules[name] = None\n"
+    "from edgener.cli import entry\n"
+    "sys.argv[0] = 'edge-ner'\n"
+    "entry()\n"
+)
+
+
+def edge_ner(*args: str, cwd: Path, stdin: str | None = None,
+             lean: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", WITHOUT_TRAINING_STACK] if lean else [str(EDGE_NER)]
+    return subprocess.run([*command, *args], cwd=cwd, env=module_env(), capture_output=True,
+                          text=True, encoding="utf-8", timeout=300, input=stdin)
+
+
+def entity_dicts(folder: Path, texts: list[str]) -> list[list[dict]]:
+    found = load_predictor(folder, threads=1).predict_batch(texts)
+    return [[e.as_dict() for e in f] for f in found]
+
+
+def test_predict_tags_arguments_and_stdin_lines(artifacts, tmp_path):  # noqa: F811
+    result = edge_ner("predict", str(artifacts["onnx-fp32"]), TEXTS[0], TEXTS[1],
+                      "--threads", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["text"] for line in lines] == TEXTS[:2]
+    assert [line["entities"] for line in lines] == entity_dicts(artifacts["onnx-fp32"],
+                                                                TEXTS[:2])
+
+    piped = edge_ner("predict", str(artifacts["pytorch"]), cwd=tmp_path,
+                     stdin=f"{TEXTS[2]}\n\n北京 and Zoë\n")
+    assert piped.returncode == 0, piped.stderr
+    lines = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [line["text"] for line in lines] == [TEXTS[2], "", "北京 and Zoë"]
+    assert lines[1]["entities"] == []
+
+
+def test_lean_runtime_predicts_without_torch_or_transformers(artifacts, tmp_path):  # noqa: F811
+    for kind in ("onnx-fp32", "onnx-int8"):
+        result = edge_ner("predict", str(artifacts[kind]), *TEXTS, "--threads", "1",
+                          cwd=tmp_path, lean=True)
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line)["entities"] for line in result.stdout.splitlines()]
+        assert lines == entity_dicts(artifacts[kind], TEXTS)
+        assert sum(map(len, lines)) > 0
+
+
+def test_without_the_training_stack_a_pytorch_artifact_or_a_stage_names_the_extra(
+        artifacts, tmp_path):  # noqa: F811
+    result = edge_ner("predict", str(artifacts["pytorch"]), "text", cwd=tmp_path, lean=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "pip install 'edge-ner[train]'" in result.stderr and "Traceback" not in result.stderr
+    stage = edge_ner("teacher", "--quick", cwd=tmp_path, lean=True)
+    assert stage.returncode == 1
+    assert "pip install 'edge-ner[train]'" in stage.stderr and "Traceback" not in stage.stderr
+
+
+def test_errors_are_one_line_with_exit_1_and_bad_usage_exits_2(tmp_path):
+    missing = edge_ner("predict", str(tmp_path / "nothing"), "text", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ") and len(missing.stderr.splitlines()) == 1
+    assert "Traceback" not in missing.stdout + missing.stderr
+    assert edge_ner("predict", cwd=tmp_path).returncode == 2  # no artifact given
+    assert edge_ner("no-such-command", cwd=tmp_path).returncode == 2
+    for command in ("predict", "label", "evaluate", "info"):
+        help_text = edge_ner(command, "--help", cwd=tmp_path)
+        assert help_text.returncode == 0 and "usage: edge-ner " + command in help_text.stdout
+
+
+def test_label_a_text_file_as_json_lines(artifacts, tmp_path):  # noqa: F811
+    source = tmp_path / "texts.txt"
+    # An editor's byte-order mark must not reach the first text.
+    source.write_bytes("\ufeff".encode() + "\n".join(TEXTS).encode() + b"\r\n")
+    out = tmp_path / "out.jsonl"
+    result = edge_ner("label", str(artifacts["onnx-int8"]), str(source), "--output", str(out),
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["text"] for line in lines] == TEXTS
+    assert [line["entities"] for line in lines] == entity_dicts(artifacts["onnx-int8"], TEXTS)
+
+
+def test_label_a_conll_file_keeps_its_lines_and_appends_the_tag(artifacts, tmp_path):  # noqa: F811
+    conll = ("-DOCSTART- -X- -X- O\n\n"
+             "Maria NNP B-PER\nLopez NNP I-PER\nvisited VBD O\nParis NNP B-LOC\n\n"
+             "\n"
+             "Contoso NNP B-ORG\nsigned VBD O\n")
+    source = tmp_path / "in.conll"
+    source.write_text(conll, encoding="utf-8")
+    result = edge_ner("label", str(artifacts["onnx-fp32"]), str(source), "--format", "conll",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    originals = conll.splitlines()
+    assert len(lines) == len(originals)
+    predictor = load_predictor(artifacts["onnx-fp32"], threads=1)
+    expected = [tags for tags, _ in predictor.tag([["Maria", "Lopez", "visited", "Paris"],
+                                                   ["Contoso", "signed"]])]
+    word_lines = [(out, original) for out, original in zip(lines, originals, strict=True)
+                  if original and not original.startswith("-DOCSTART-")]
+    assert [out.rsplit(" ", 1)[0] for out, _ in word_lines] == [o for _, o in word_lines]
+    assert [out.rsplit(" ", 1)[1] for out, _ in word_lines] == expected[0] + expected[1]
+    assert lines[0] == originals[0] and lines[1] == "" and lines[6:8] == ["", ""]
+
+
+def conll_file(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    path.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(words, tags, strict=True))
+                            + "\n" for words, tags in sentences), encoding="utf-8")
+    return path
+
+
+def test_evaluate_scores_a_conll_file(artifacts, tmp_path):  # noqa: F811
+    predictor = load_predictor(artifacts["onnx-fp32"], threads=1)
+    sentences = [s.split() for s in TEXTS]
+    predicted = [tags for tags, _ in predictor.tag(sentences)]
+    assert any(tag != "O" for tags in predicted for tag in tags)
+    # Gold equal to the model's own tags scores 100; gold with no entity scores 0 with
+    # every predicted entity a false positive.
+    perfect = conll_file(tmp_path / "perfect.txt", list(zip(sentences, predicted, strict=True)))
+    result = edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(perfect), "--json",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert (scores["precision"], scores["recall"], scores["f1"]) == (1.0, 1.0, 1.0)
+    assert scores["sentences"] == 3
+    empty = conll_file(tmp_path / "none.txt", [(s, ["O"] * len(s)) for s in sentences])
+    scores = json.loads(edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(empty), "--json",
+                                 cwd=tmp_path).stdout)
+    assert scores["f1"] == 0.0 and scores["support"] == 0
+    table = edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(perfect), cwd=tmp_path)
+    assert table.returncode == 0 and "100.00" in table.stdout and "all" in table.stdout
+
+
+def test_evaluate_reads_a_dataset_folders_test_split(artifacts, tmp_path):  # noqa: F811
+    folder = tmp_path / "my-ner"
+    folder.mkdir()
+    conll_file(folder / "test.txt", [(["Paris", "is", "big"], ["B-LOC", "O", "O"])])
+    result = edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(folder), "--json",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["data"].endswith("test.txt") and scores["support"] == 1
+
+
+def test_info_says_what_the_artifact_is(artifacts, tmp_path):  # noqa: F811
+    result = edge_ner("info", str(artifacts["onnx-int8"]), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["backend"] == "onnxruntime" and facts["precision"] == "int8"
+    assert facts["labels"] == LABELS
+    assert facts["encoding"] == {"max_length": 16, "window_overlap": 4, "case_features": False}
+    plain = edge_ner("info", str(artifacts["onnx-int8"]), cwd=tmp_path)
+    assert plain.returncode == 0 and "onnxruntime" in plain.stdout
+
+
+def test_stage_commands_keep_their_options(tmp_path):
+    result = edge_ner("quantize", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "--quick" in result.stdout
+
+
+def test_console_script_is_installed():
+    assert EDGE_NER.is_file() and os.access(EDGE_NER, os.X_OK)
+
+
+def test_info_verify_names_a_corrupted_file_and_loading_catches_a_truncated_one(
+        artifacts, tmp_path):  # noqa: F811
+    import shutil
+
+    from edgener.artifacts import file_records, read_json, write_json_atomic
+
+    folder = tmp_path / "copy"
+    shutil.copytree(artifacts["onnx-int8"], folder)
+    manifest = read_json(folder / "manifest.json")
+    write_json_atomic(folder / "manifest.json", {**manifest, "files": file_records(folder)})
+    assert edge_ner("info", str(folder), "--verify", cwd=tmp_path).returncode == 0
+    model = folder / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    model.write_bytes(bytes(data))
+    flipped = edge_ner("info", str(folder), "--verify", cwd=tmp_path)
+    assert flipped.returncode == 1 and "model.onnx" in flipped.stderr
+    assert "make quantize ARGS=--fresh" in flipped.stderr
+    model.write_bytes(bytes(data[: len(data) // 2]))  # an interrupted copy
+    truncated = edge_ner("predict", str(folder), "Paris", cwd=tmp_path)
+    assert truncated.returncode == 1 and "model.onnx" in truncated.stderr
+    assert "Traceback" not in truncated.stderr
