@@ -117,10 +117,12 @@ def cold_start(env: Path, folder: Path, threads: int) -> float:
 def run_with_peak_rss(command: list[str]) -> tuple[dict, int]:
     """The command's JSON output, and its peak resident memory in kB (from wait4: the
     child's own, not this process's)."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    output = process.stdout.read()
-    error = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        output = process.stdout.read()  # stderr goes to a file: a full pipe never blocks
+        _, status, usage = os.wait4(process.pid, 0)
+        errors.seek(0)
+        error = errors.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise RuntimeError(f"the tagging worker failed: {error.decode()[-300:]}")
@@ -128,9 +130,8 @@ def run_with_peak_rss(command: list[str]) -> tuple[dict, int]:
 
 
 def folder_mb(folder: Path) -> float:
-    total = sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file()
-                and not p.is_symlink())
-    return total / 2**20
+    """Disk space the folder takes, as du counts it (allocated blocks, links not followed)."""
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*")) / 2**20
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -64,13 +64,15 @@ EAGER = "teacher"  # the row every speedup is relative to
 ORT_PEER = f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"  # the peer every row is timed beside
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.report",
+def main(argv: list[str] | None = None, prog: str = "python -m bench.report") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default", help="preset under configs/report")
     parser.add_argument("--quick", action="store_true", help="fewer sentences")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    # The plot is drawn last: a missing matplotlib must not cost the measurements first.
+    import matplotlib  # noqa: F401
     config = load_config(ReportConfig, preset_path("report", args.preset),
                          parse_overrides(args.overrides), args.quick)
     # ONNX Runtime's quantizer logs advice on the root logger at every call.

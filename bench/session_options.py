@@ -28,30 +28,21 @@ from edgener.predictor import Predictor
 from edgener.runtime import OnnxBackend
 
 
-def session_factory(path: Path, threads: int, level: str = "ORT_ENABLE_ALL",
-                    spinning: bool = True, save_to: Path | None = None) -> Callable:
+def backend_factory(path: Path, threads: int, level: str = "ORT_ENABLE_ALL",
+                    spinning: bool = True, save_to: Path | None = None
+                    ) -> Callable[[], OnnxBackend]:
     import onnxruntime as ort
 
-    def make() -> ort.InferenceSession:
+    def make() -> OnnxBackend:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return OnnxBackend(path, threads, options)
 
     return make
-
-
-class SessionBackend(OnnxBackend):
-    """OnnxBackend over a session made elsewhere (with the options under test)."""
-
-    def __init__(self, session):
-        self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,18 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         saved = Path(scratch) / "optimized.onnx"
-        session_factory(model, args.threads, save_to=saved)()
+        backend_factory(model, args.threads, save_to=saved)()
         variants = {
-            "defaults (all, spinning)": session_factory(model, args.threads),
-            "spinning off": session_factory(model, args.threads, spinning=False),
-            "optimization basic": session_factory(model, args.threads, "ORT_ENABLE_BASIC"),
-            "optimization extended": session_factory(model, args.threads,
+            "defaults (all, spinning)": backend_factory(model, args.threads),
+            "spinning off": backend_factory(model, args.threads, spinning=False),
+            "optimization basic": backend_factory(model, args.threads, "ORT_ENABLE_BASIC"),
+            "optimization extended": backend_factory(model, args.threads,
                                                      "ORT_ENABLE_EXTENDED"),
-            "saved optimized graph": session_factory(saved, args.threads, "ORT_DISABLE_ALL"),
+            "saved optimized graph": backend_factory(saved, args.threads, "ORT_DISABLE_ALL"),
         }
         creation = {name: creation_ms(make, args.starts) for name, make in variants.items()}
-        predictors = {name: Predictor.from_folder(folder, args.threads,
-                                                  backend=SessionBackend(make()))
+        predictors = {name: Predictor.from_folder(folder, args.threads, backend=make())
                       for name, make in variants.items()}
         p50s = interleaved_p50s(predictors, texts, args.rounds)
     print_table(creation, p50s, folder.name, len(texts), args.threads)

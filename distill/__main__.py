@@ -1,6 +1,5 @@
 import sys
 
-from distill.train import main
-from edgener.cli import run_stage
+from edgener.cli import stage_command
 
-sys.exit(run_stage(main))
+sys.exit(stage_command("distill", prog="python -m distill"))

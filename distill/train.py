@@ -55,8 +55,8 @@ from edgener.training import (
 TEACHER_HINT = "make teacher"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m distill") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", help="preset under configs/distill, or a YAML file")
     parser.add_argument("--quick", action="store_true", help="a slice of the data, fewer steps")
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")

@@ -52,7 +52,8 @@ def load_backend(folder: str | Path, manifest: dict, threads: int | None = None)
     if manifest.get("stage") in ("teacher", "student"):
         with needs_extra(f"{folder} (a PyTorch model folder)"):
             from edgener.torch_backends import hf_backend
-        return hf_backend(folder, threads)
+
+            return hf_backend(folder, threads)
     backend = manifest.get("backend")
     if backend not in MODEL_FILES:
         raise ArtifactError(f"{folder}: unknown artifact backend {backend!r} in its manifest; "

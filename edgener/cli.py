@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from edgener.predictor import Predictor
 
 # subcommand -> (module whose main(argv) runs it, what it does)
-STAGES = {
+STAGE_COMMANDS = {
     "teacher": ("teacher.train", "fine-tune the teacher (needs edge-ner[train])"),
     "distill": ("distill.train", "distill students from the teacher (needs edge-ner[train])"),
     "quantize": ("quantize.build", "build INT8 artifacts (needs edge-ner[train,quantize])"),
@@ -92,21 +92,33 @@ def run_cli(main: Callable[[], int]) -> int:
     """Run a command's main; an expected failure is one line on stderr and its exit code."""
     try:
         return main()
-    except (UserError, FileNotFoundError) as error:
-        label = getattr(error, "label", "error")
-        print(f"{label}: {error}", file=sys.stderr, flush=True)
-        return getattr(error, "exit_code", 1)
+    except UserError as error:
+        print(f"{error.label}: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    except OSError as error:  # a path the user gave: missing, a folder, not writable
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr, flush=True)
+        return 1
 
 
-def run_stage(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """A pipeline stage's main, with the libraries' chatter silenced."""
+def run_stage(main: Callable[[], int]) -> int:
+    """A training-stack command's main, with the libraries' chatter silenced; a library of
+    an extra that is missing, wherever the command imports it, is one line naming it."""
 
     def quiet_main() -> int:
-        with needs_extra("this stage"):
+        with needs_extra("this command"):
             quiet_libraries()
-        return main(argv)
+            return main()
 
     return run_cli(quiet_main)
+
+
+def stage_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """A pipeline stage (teacher, distill, quantize, report): its module is imported only
+    now, so that a missing extra is reported, not raised at import."""
+    module_name = STAGE_COMMANDS[name][0]
+    return run_stage(lambda: importlib.import_module(module_name).main(
+        argv, prog=prog or f"edge-ner {name}"))
 
 
 # --- the serving commands ------------------------------------------------------------
@@ -123,37 +135,53 @@ def json_line(text: str, found) -> str:
                       ensure_ascii=False)
 
 
-def chunks(items: Iterable, size: int) -> Iterator[list]:
+def chunks(items: Iterable, size: int, more_ready: Callable[[], bool] | None = None
+           ) -> Iterator[list]:
+    """Lists of up to `size` items. With `more_ready`, a list is also cut when no more
+    input is waiting, so a line typed (or appended to a followed log) is answered now."""
     batch = []
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        if len(batch) == size or (more_ready is not None and not more_ready()):
             yield batch
             batch = []
     if batch:
         yield batch
 
 
-def predict_lines(predictor: Predictor, texts: Iterable[str], chunk: int) -> Iterator[str]:
+def stdin_ready() -> bool:
+    """Whether more of stdin can be read without waiting."""
+    import select
+
+    try:
+        return bool(select.select([sys.stdin.buffer], [], [], 0)[0])
+    except (OSError, ValueError):  # not selectable (a Windows console): read on
+        return True
+
+
+def predict_lines(predictor: Predictor, texts: Iterable[str],
+                  more_ready: Callable[[], bool] | None = None) -> Iterator[str]:
     """JSON lines for texts, chunk by chunk: a long input is never held whole in memory."""
-    for batch in chunks(texts, chunk):
+    for batch in chunks(texts, CHUNK_LINES, more_ready):
         for text, found in zip(batch, predictor.predict_batch(batch), strict=True):
             yield json_line(text, found)
 
 
 def command_predict(args: argparse.Namespace) -> int:
     predictor = load(args)
-    texts = args.text or (line.rstrip("\r\n") for line in sys.stdin)
-    for line in predict_lines(predictor, texts, CHUNK_LINES):
+    if args.text:
+        lines = predict_lines(predictor, args.text)
+    else:
+        lines = predict_lines(predictor, read_lines(sys.stdin.buffer, "stdin"), stdin_ready)
+    for line in lines:
         print(line, flush=True)
     return 0
 
 
-class Progress:
+class ByteProgress:
     """Bytes of the input read so far, as a bar on stderr when it is a terminal."""
 
     def __init__(self, path: Path, enabled: bool):
-        self.total = path.stat().st_size
         self.bar = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -161,7 +189,7 @@ class Progress:
 
             self.bar = Progress("{task.description}", BarColumn(), DownloadColumn(),
                                 TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.bar.add_task(f"labelling {path.name}", total=self.total)
+            self.task = self.bar.add_task(f"labelling {path.name}", total=path.stat().st_size)
             self.bar.start()
 
     def advance(self, done: int) -> None:
@@ -173,55 +201,61 @@ class Progress:
             self.bar.stop()
 
 
+def is_word_line(line: str) -> bool:
+    """A CoNLL line holding a token (not a blank line between sentences, not -DOCSTART-)."""
+    columns = line.split(maxsplit=1)
+    return bool(columns) and columns[0] != "-DOCSTART-"
+
+
 def conll_blocks(lines: Iterable[str]) -> Iterator[tuple[list[str], list[str]]]:
     """(lines, words) of each sentence of a CoNLL file, and of each run of lines between
     sentences (blank and -DOCSTART- lines, with no words), in file order."""
     block: list[str] = []
     words: list[str] = []
     for line in lines:
-        columns = line.split()
-        is_word = bool(columns) and columns[0] != "-DOCSTART-"
+        is_word = is_word_line(line)
         if is_word != bool(words) and block:
             yield block, words
             block, words = [], []
         block.append(line)
         if is_word:
-            words.append(columns[0])
+            words.append(line.split()[0])
     if block:
         yield block, words
 
 
 def label_conll(predictor: Predictor, lines: Iterable[str], out: IO[str]) -> None:
-    """Each word line with its predicted tag as a last column; other lines as they were."""
+    """Each token line with its predicted tag as a last column (separated as the line's
+    columns are); other lines as they were."""
     for group in chunks(conll_blocks(lines), CHUNK_LINES):
-        sentences = [words for _, words in group if words]
-        tagged = iter(predictor.tag(sentences))
+        tagged = iter(predictor.tag([words for _, words in group if words]))
         for block, words in group:
-            tags = next(tagged)[0] if words else []
-            tag_of = iter(tags)
+            tags = iter(next(tagged)[0] if words else [])
             for line in block:
-                columns = line.split()
-                if columns and columns[0] != "-DOCSTART-":
-                    out.write(f"{line.rstrip()} {next(tag_of)}\n")
+                if is_word_line(line):
+                    separator = "\t" if "\t" in line else " "
+                    out.write(f"{line.rstrip()}{separator}{next(tags)}\n")
                 else:
-                    out.write(line.rstrip("\r\n") + "\n")
+                    out.write(line + "\n")
 
 
 def command_label(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise UserError(f"no input file at {path}")
+    if args.output and Path(args.output).resolve() == path.resolve():
+        raise UserError(f"--output {args.output} is the input file; write elsewhere")
     predictor = load(args)
     # The bar goes to stderr; over entities printed to the same terminal it would garble.
-    progress = Progress(path, enabled=args.output is not None or not sys.stdout.isatty())
+    progress = ByteProgress(path, enabled=args.output is not None or not sys.stdout.isatty())
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         with open(path, "rb") as raw:
-            lines = read_lines(raw, progress)
+            lines = read_lines(raw, path.name, progress.advance)
             if args.format == "conll":
                 label_conll(predictor, lines, out)
             else:
-                for line in predict_lines(predictor, lines, CHUNK_LINES):
+                for line in predict_lines(predictor, lines):
                     out.write(line + "\n")
     finally:
         progress.close()
@@ -230,14 +264,17 @@ def command_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_lines(raw: IO[bytes], progress: Progress) -> Iterator[str]:
-    """Decoded lines of a UTF-8 file (a leading byte-order mark dropped), line ends cut."""
+def read_lines(raw: IO[bytes], name: str,
+               progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Decoded lines of UTF-8 input (a leading byte-order mark dropped), line ends cut."""
     for number, line in enumerate(raw, start=1):
-        progress.advance(raw.tell())
+        if progress is not None:
+            progress(raw.tell())
         try:
             text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{raw.name}:{number}: not valid UTF-8") from None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name}:{number}: not valid UTF-8 (byte {line[error.start]:#04x} "
+                            f"at column {error.start + 1})") from None
         if number == 1:
             text = text.removeprefix("\ufeff")
         yield text.rstrip("\r\n")
@@ -259,17 +296,23 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"data": str(path), "sentences": len(sentences), **scores}, indent=2))
         return 0
+    get_console().print(scores_table(scores, f"{args.artifact} on {path} "
+                                             f"({len(sentences)} sentences)"))
+    return 0
+
+
+def scores_table(scores: dict, title: str):
+    """Precision, recall, F1 (%) and gold entities per type, then over all types."""
     from rich.table import Table
 
-    table = Table(title=f"{args.artifact} on {path} ({len(sentences)} sentences)")
+    table = Table(title=title)
     for column in ("type", "precision", "recall", "F1", "entities"):
         table.add_column(column, justify="left" if column == "type" else "right")
     rows = [*scores["per_type"].items(), ("all", scores)]
-    for kind, values in rows:
+    for index, (kind, values) in enumerate(rows):
         table.add_row(kind, *(f"{100 * values[k]:.2f}" for k in ("precision", "recall", "f1")),
-                      str(values["support"]), end_section=kind == rows[-2][0])
-    get_console().print(table)
-    return 0
+                      str(values["support"]), end_section=index == len(rows) - 2)
+    return table
 
 
 def command_info(args: argparse.Namespace) -> int:
@@ -281,12 +324,19 @@ def command_info(args: argparse.Namespace) -> int:
     if args.verify:
         from edgener.artifacts import verify_files
 
+        if not manifest.get("files"):
+            raise UserError(f"{folder}: its manifest records no file hashes (published "
+                            "before they were recorded), so there is nothing to verify "
+                            "against; rebuild it to get them")
         verify_files(folder, manifest, hashes=True)
     metrics_path = folder / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    try:
+        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    except ValueError as error:
+        raise UserError(f"{metrics_path} is corrupt ({error})") from None
     facts = artifact_facts(folder, manifest, metrics)
     if args.verify:
-        facts["verified"] = f"{len(manifest.get('files', {}))} files match their SHA-256"
+        facts["verified"] = f"all {len(manifest['files'])} files match their SHA-256"
     if args.json:
         print(json.dumps(facts, indent=2, ensure_ascii=False))
         return 0
@@ -298,6 +348,16 @@ def command_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def made_from(manifest: dict) -> str:
+    """What the artifact was made from: a quantized one's source model, a student's teacher,
+    a teacher's pretrained model."""
+    if manifest.get("source_name"):
+        return f"{manifest['source_name']} ({manifest.get('source', '')})"
+    if manifest.get("teacher"):
+        return f"teacher ({manifest['teacher'].get('dir', '')})"
+    return manifest.get("model_source") or manifest.get("base_model") or "unknown"
+
+
 def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
     """What `edge-ner info` shows: what the artifact is and what it scores."""
     stage = manifest["stage"]
@@ -306,8 +366,7 @@ def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
     facts = {
         "artifact": str(folder),
         "stage": stage,
-        "source": manifest.get("source_name") or manifest.get("teacher_name")
-        or manifest.get("model") or "",
+        "made_from": made_from(manifest),
         "backend": backend,
         "precision": manifest.get("precision", "fp32"),
         "size_mb": round(size / 2**20, 1),
@@ -322,6 +381,13 @@ def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
     return facts
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-ner", description="Named entities from raw text with a small, fast model, "
@@ -332,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("artifact", help="an artifact folder: runs/<run>/quantized/<name>, "
                          "runs/<run>/students/<name> or runs/<run>/teacher")
-        sub.add_argument("--threads", type=int, default=None,
+        sub.add_argument("--threads", type=positive_int, default=None,
                          help="CPU threads (default: all cores)")
-        sub.add_argument("--batch-size", type=int, default=32,
+        sub.add_argument("--batch-size", type=positive_int, default=32,
                          help="windows per model call")
         sub.set_defaults(handler=handler)
         return sub
@@ -359,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check every file against the SHA-256 in its manifest")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=command_info)
-    for name, (_, help) in STAGES.items():
+    for name, (_, help) in STAGE_COMMANDS.items():
         stage = commands.add_parser(name, help=help, add_help=False)
         stage.add_argument("stage_args", nargs=argparse.REMAINDER)
         stage.set_defaults(stage=name)
@@ -368,10 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STAGES:  # the stage parses its own options (and --help)
-        with needs_extra(f"`edge-ner {argv[0]}`"):
-            module = importlib.import_module(STAGES[argv[0]][0])
-        return run_stage(module.main, argv[1:])
+    if argv and argv[0] in STAGE_COMMANDS:  # the stage parses its own options (and --help)
+        return stage_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -26,13 +26,20 @@ Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class OnnxBackend:
-    """An ONNX model in ONNX Runtime on the CPU, with a fixed thread count."""
+    """An ONNX model in ONNX Runtime on the CPU, with a fixed thread count.
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    Otherwise ONNX Runtime's defaults hold (every graph optimization, spinning worker
+    threads): measured against the alternatives on this project's 2-core machine
+    (bench.session_options, docs/results.md), turning spinning off cost 27-58% at batch 1,
+    lower optimization levels won nothing, and a saved optimized graph cut session creation
+    by at most 40 ms of a ~0.3 s cold start while tying the graph to the CPU it was saved
+    on. `options` are for such measurements."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, options=None):
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-        options = ort.SessionOptions()
+        options = options or ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -1,6 +1,5 @@
 import sys
 
-from edgener.cli import run_stage
-from quantize.build import main
+from edgener.cli import stage_command
 
-sys.exit(run_stage(main))
+sys.exit(stage_command("quantize", prog="python -m quantize"))

@@ -83,8 +83,8 @@ class Built:
     details: dict = field(default_factory=dict)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantize",
+def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default", help="preset under configs/quantize")
     parser.add_argument("--quick", action="store_true", help="fewer sentences, fewer trials")

@@ -1,6 +1,5 @@
 import sys
 
-from edgener.cli import run_stage
-from teacher.train import main
+from edgener.cli import stage_command
 
-sys.exit(run_stage(main))
+sys.exit(stage_command("teacher", prog="python -m teacher"))

@@ -56,8 +56,8 @@ def choose_preset(requested: str | None) -> tuple[str, str]:
     return "minilm", "no CUDA device, so the offline CPU preset"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teacher", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m teacher") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", help="preset under configs/teacher, or a YAML file")
     parser.add_argument("--quick", action="store_true", help="a slice of the data, fewer steps")
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")

@@ -5,7 +5,6 @@ and transformers unimportable."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ EDGE_NER = Path(sys.executable).parent / "edge-ner"
 # install only: `import torch` raises ModuleNotFoundError, as it would there.
 WITHOUT_TRAINING_STACK = (
     "import sys\n"
-    "for name in ('torch', 'transformers', 'textbrewer', 'neural_compressor'):\n"
+    "from edgener.extras import EXTRA_OF_MODULE\n"
+    "for name in EXTRA_OF_MODULE:\n"
     "    sys.modules[name] = None\n"
     "from edgener.cli import entry\n"
     "sys.argv[0] = 'edge-ner'\n"
@@ -105,7 +105,7 @@ def test_label_a_text_file_as_json_lines(artifacts, tmp_path):  # noqa: F811
 def test_label_a_conll_file_keeps_its_lines_and_appends_the_tag(artifacts, tmp_path):  # noqa: F811
     conll = ("-DOCSTART- -X- -X- O\n\n"
              "Maria NNP B-PER\nLopez NNP I-PER\nvisited VBD O\nParis NNP B-LOC\n\n"
-             "\n"
+             "  \n"
              "Contoso NNP B-ORG\nsigned VBD O\n")
     source = tmp_path / "in.conll"
     source.write_text(conll, encoding="utf-8")
@@ -119,10 +119,10 @@ def test_label_a_conll_file_keeps_its_lines_and_appends_the_tag(artifacts, tmp_p
     expected = [tags for tags, _ in predictor.tag([["Maria", "Lopez", "visited", "Paris"],
                                                    ["Contoso", "signed"]])]
     word_lines = [(out, original) for out, original in zip(lines, originals, strict=True)
-                  if original and not original.startswith("-DOCSTART-")]
+                  if original.strip() and not original.startswith("-DOCSTART-")]
     assert [out.rsplit(" ", 1)[0] for out, _ in word_lines] == [o for _, o in word_lines]
     assert [out.rsplit(" ", 1)[1] for out, _ in word_lines] == expected[0] + expected[1]
-    assert lines[0] == originals[0] and lines[1] == "" and lines[6:8] == ["", ""]
+    assert lines[0] == originals[0] and lines[1] == "" and lines[6:8] == ["", "  "]
 
 
 def conll_file(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
@@ -180,10 +180,6 @@ def test_stage_commands_keep_their_options(tmp_path):
     assert result.returncode == 0 and "--quick" in result.stdout
 
 
-def test_console_script_is_installed():
-    assert EDGE_NER.is_file() and os.access(EDGE_NER, os.X_OK)
-
-
 def test_info_verify_names_a_corrupted_file_and_loading_catches_a_truncated_one(
         artifacts, tmp_path):  # noqa: F811
     import shutil
@@ -206,3 +202,79 @@ def test_info_verify_names_a_corrupted_file_and_loading_catches_a_truncated_one(
     truncated = edge_ner("predict", str(folder), "Paris", cwd=tmp_path)
     assert truncated.returncode == 1 and "model.onnx" in truncated.stderr
     assert "Traceback" not in truncated.stderr
+
+
+def test_label_takes_bare_tokens_tabs_crlf_and_a_byte_order_mark(artifacts, tmp_path):  # noqa: F811
+    """Unlabelled input is usually a token a line; tab-separated columns keep tabs."""
+    source = tmp_path / "bare.conll"
+    source.write_bytes("\ufeffMaria\r\nLopez\r\n\r\nParis\tNNP\r\n".encode())
+    result = edge_ner("label", str(artifacts["onnx-fp32"]), str(source), "--format", "conll",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    predictor = load_predictor(artifacts["onnx-fp32"], threads=1)
+    (first, _), (second, _) = predictor.tag([["Maria", "Lopez"], ["Paris"]])
+    assert result.stdout.splitlines() == [f"Maria {first[0]}", f"Lopez {first[1]}", "",
+                                          f"Paris\tNNP\t{second[0]}"]
+
+
+def test_predict_reads_stdin_as_utf8_without_its_byte_order_mark(artifacts, tmp_path):  # noqa: F811
+    command = [str(EDGE_NER), "predict", str(artifacts["onnx-fp32"])]
+    result = subprocess.run(command, input="\ufeff".encode() + TEXTS[0].encode(), cwd=tmp_path,
+                            env=module_env(), capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(x) for x in result.stdout.decode().splitlines()]
+    assert line["text"] == TEXTS[0]
+    assert line["entities"] == entity_dicts(artifacts["onnx-fp32"], TEXTS[:1])[0]
+    broken = subprocess.run(command, input=b"Paris\n\xff\xfe bad\n", cwd=tmp_path,
+                            env=module_env(), capture_output=True, timeout=300)
+    assert broken.returncode == 1
+    assert broken.stderr.decode().strip() == "error: stdin:2: not valid UTF-8 (byte 0xff at "\
+        "column 1)"
+
+
+def test_bad_values_and_paths_are_one_line(artifacts, tmp_path):  # noqa: F811
+    folder = str(artifacts["onnx-fp32"])
+    assert edge_ner("predict", folder, "x", "--batch-size", "0", cwd=tmp_path).returncode == 2
+    source = tmp_path / "texts.txt"
+    source.write_text("Paris\n", encoding="utf-8")
+    for output in (str(tmp_path), str(source)):  # a folder; the input itself
+        result = edge_ner("label", folder, str(source), "--output", output, cwd=tmp_path)
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    assert source.read_text(encoding="utf-8") == "Paris\n"
+
+
+def test_the_scores_table_of_data_without_entities():
+    from rich.console import Console
+
+    from edgener.cli import scores_table
+    from edgener.metrics import entity_scores
+
+    console = Console(record=True, width=100)
+    console.print(scores_table(entity_scores([["O", "O"]], [["O", "O"]]), "none"))
+    text = console.export_text()
+    assert "all" in text and "0.00" in text and "PER" not in text
+
+
+def test_stage_arguments_reach_the_stage(tmp_path):
+    result = edge_ner("quantize", "run=none", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "make teacher" in result.stderr and "Traceback" not in result.stderr
+    assert "usage: edge-ner quantize" in edge_ner("quantize", "--help", cwd=tmp_path).stdout
+
+
+def test_the_lean_path_tags_as_the_transformers_tokenizer_path(artifacts):  # noqa: F811
+    """The runtime's encoder (tokenizer.json alone) against the one built from the
+    transformers tokenizer, through the same model: the same tags on every sentence."""
+    from transformers import AutoTokenizer
+
+    from edgener.encoding import Encoder
+    from edgener.predictor import Predictor
+
+    lean = Predictor.from_folder(artifacts["onnx-int8"], threads=1)
+    encoder = Encoder.from_transformers(AutoTokenizer.from_pretrained(artifacts["onnx-int8"]),
+                                        LABELS, **lean.manifest["encoding"])
+    full = Predictor(lean.backend, encoder, LABELS, lean.manifest)
+    texts = TEXTS + ["Zoë ＡＢＣ café naïve \u00a0 Æsir ﬁnance", "x" * 300, "İstanbul ǅemal"]
+    assert lean.predict_batch(texts) == full.predict_batch(texts)
+    assert sum(map(len, lean.predict_batch(texts))) > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -15,18 +14,28 @@ from edgener.config import ConfigError, dataset_run_name, preset_path, run_path
 from tests.conftest import REPO
 
 
-def test_the_wheel_carries_every_preset_and_the_console_script(tmp_path):
+def test_an_installed_wheel_carries_every_preset_and_the_console_script(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("edge_ner-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-        entry_points = next(archive.read(n).decode() for n in names
+        entry_points = next(archive.read(n).decode() for n in archive.namelist()
                             if n.endswith("entry_points.txt"))
-    presets = {p.relative_to(REPO / "configs").as_posix()
-               for p in (REPO / "configs").glob("*/*.yaml")}
-    assert presets and {f"edgener/configs/{p}" for p in presets} <= names
     assert "edge-ner = edgener.cli:entry" in entry_points
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True)
+    # Outside the checkout, with only the installed copy on the path: every preset loads.
+    probe = ("import sys; from edgener.config import CONFIG_ROOT, preset_path; "
+             "print(CONFIG_ROOT); "
+             "print(sorted(p.parent.name + '/' + p.name for p in CONFIG_ROOT.glob('*/*.yaml')));"
+             "preset_path('teacher', 'minilm')")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
+                          f"{str(target)!r}); {probe}"], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[0].startswith(str(target))
+    presets = sorted(f"{p.parent.name}/{p.name}" for p in (REPO / "configs").glob("*/*.yaml"))
+    assert presets and out[1] == str(presets)
 
 
 def test_presets_resolve_through_the_package():
@@ -34,6 +43,7 @@ def test_presets_resolve_through_the_package():
 
 
 def test_the_base_install_is_the_runtime_alone():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     base = {requirement.split(">")[0].split("=")[0] for requirement in project["dependencies"]}
     assert base == {"onnxruntime", "tokenizers", "numpy", "rich"}
