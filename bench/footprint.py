@@ -44,8 +44,12 @@ tick = time.perf_counter()
 for start in range(0, len(texts), chunk):
     predictor.predict_batch(texts[start:start + chunk])
 batched = len(texts) / (time.perf_counter() - tick)
+# VmHWM is this program's own peak; a forked child's ru_maxrss would also carry its
+# parent's memory from before the exec.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status")
+            if line.startswith("VmHWM:"))
 print(json.dumps({"sentences": len(texts), "batch1_sps": one, "batched_sps": batched,
-                  "torch_imported": "torch" in sys.modules}))
+                  "peak_rss_mb": peak / 1024, "torch_imported": "torch" in sys.modules}))
 """
 
 
@@ -95,9 +99,8 @@ def measure(env: Path, folder: Path, test_file: Path, args: argparse.Namespace) 
     starts = [cold_start(env, folder, args.threads) for _ in range(args.starts)]
     command = [str(env / "bin" / "python"), "-c", WORKER, str(folder), str(test_file),
                str(args.threads), str(args.chunk)]
-    result, peak_kb = run_with_peak_rss(command)
     return {"env_mb": round(folder_mb(env)), "cold_start_s": statistics.median(starts),
-            "cold_starts_s": starts, "peak_rss_mb": peak_kb / 1024, **result}
+            "cold_starts_s": starts, **run_json(command)}
 
 
 def cold_start(env: Path, folder: Path, threads: int) -> float:
@@ -114,19 +117,12 @@ def cold_start(env: Path, folder: Path, threads: int) -> float:
     return elapsed
 
 
-def run_with_peak_rss(command: list[str]) -> tuple[dict, int]:
-    """The command's JSON output, and its peak resident memory in kB (from wait4: the
-    child's own, not this process's)."""
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
-        output = process.stdout.read()  # stderr goes to a file: a full pipe never blocks
-        _, status, usage = os.wait4(process.pid, 0)
-        errors.seek(0)
-        error = errors.read()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"the tagging worker failed: {error.decode()[-300:]}")
-    return json.loads(output), usage.ru_maxrss
+def run_json(command: list[str]) -> dict:
+    """The JSON the command prints; its failure is an error carrying the end of its stderr."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"the tagging worker failed: {result.stderr.strip()[-300:]}")
+    return json.loads(result.stdout)
 
 
 def folder_mb(folder: Path) -> float:

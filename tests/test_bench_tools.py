@@ -1,0 +1,81 @@
+"""The serving benchmarks' own parts, on the tiny artifacts: bench.footprint's child
+measurements, bench.parity's comparison, bench.session_options' variants."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.footprint import WORKER, cold_start, folder_mb, run_json
+from bench.parity import compare_tags
+from bench.session_options import backend_factory
+from edgener.encoding import Encoder
+from edgener.predictor import Predictor
+from tests.test_predictor import LABELS, TEXTS, artifacts  # noqa: F401 (a fixture)
+
+
+def test_the_worker_reports_its_own_peak_memory_and_speeds(artifacts, tmp_path):  # noqa: F811
+    """The worker runs in the measured environment's Python (here the test's own) and
+    reports its own peak, whatever its parent holds (pytest here, with torch loaded)."""
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("\n\n".join("\n".join(f"{w} O" for w in text.split())
+                                     for text in TEXTS) + "\n", encoding="utf-8")
+    result = run_json([sys.executable, "-c", WORKER, str(artifacts["onnx-fp32"]),
+                       str(test_file), "1", "2"])
+    assert result["sentences"] == len(TEXTS)
+    assert result["batch1_sps"] > 0 and result["batched_sps"] > 0
+    own = result["peak_rss_mb"]
+    assert 20 < own < 1000
+    with pytest.raises(RuntimeError, match="tagging worker failed"):
+        run_json([sys.executable, "-c", WORKER, str(tmp_path / "nothing"), str(test_file),
+                  "1", "2"])
+
+
+def test_cold_start_waits_for_the_first_entities(artifacts, tmp_path):  # noqa: F811
+    seconds = cold_start(Path(sys.prefix), artifacts["onnx-fp32"], threads=1)
+    assert 0 < seconds < 60
+    with pytest.raises(RuntimeError, match="edge-ner predict failed"):
+        cold_start(Path(sys.prefix), tmp_path / "nothing", threads=1)
+
+
+def test_folder_size_counts_what_the_disk_holds(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 100_000)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    assert 100_000 / 2**20 <= folder_mb(tmp_path) < 0.2  # the link's target counted once
+
+
+def test_parity_finds_no_difference_between_equal_encoders_and_finds_a_real_one(
+        artifacts):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    lean = Predictor.from_folder(artifacts["onnx-fp32"], threads=1)
+    tokenizer = AutoTokenizer.from_pretrained(artifacts["onnx-fp32"])
+    settings = lean.manifest["encoding"]
+    same = Predictor(lean.backend, Encoder.from_transformers(tokenizer, LABELS, **settings),
+                     LABELS)
+    words = [text.split() for text in TEXTS]
+    assert compare_tags(lean, same, words) == {"differing_windows": 0,
+                                               "differing_sentences": 0,
+                                               "differing_entities": 0}
+    # Shorter windows cut every text here differently: parity must see it.
+    other = Predictor(lean.backend, Encoder.from_transformers(
+        tokenizer, LABELS, **{**settings, "max_length": 12}), LABELS)
+    assert compare_tags(lean, other, words)["differing_windows"] == len(words)
+
+
+def test_every_session_variant_gives_the_default_answers(artifacts, tmp_path):  # noqa: F811
+    model = artifacts["onnx-int8"] / "model.onnx"
+    saved = tmp_path / "optimized.onnx"
+    variants = [backend_factory(model, 1, save_to=saved), backend_factory(model, 1, spinning=False),
+                backend_factory(model, 1, "ORT_ENABLE_BASIC")]
+    answers = [Predictor.from_folder(artifacts["onnx-int8"], 1, backend=make()).predict_batch(
+        TEXTS) for make in variants]
+    saved_graph = backend_factory(saved, 1, "ORT_DISABLE_ALL")()
+    answers.append(Predictor.from_folder(artifacts["onnx-int8"], 1, backend=saved_graph)
+                   .predict_batch(TEXTS))
+    assert saved.is_file()
+    assert all(json.dumps([[e.as_dict() for e in f] for f in a]) ==
+               json.dumps([[e.as_dict() for e in f] for f in answers[0]]) for a in answers)
