@@ -75,11 +75,15 @@ def paired_p50(lean: Predictor, full: Predictor, words: list[list[str]], count: 
     texts = sentence_texts([words[i] for i in evenly_spaced(count, len(words))])
     for predictor in (lean, full):
         latency_round(predictor, texts[:20])
-    ratios, lean_p50, full_p50 = [], [], []
-    for _ in range(rounds):
-        lean_p50.append(statistics.median(latency_round(lean, texts)))
-        full_p50.append(statistics.median(latency_round(full, texts)))
-        ratios.append(lean_p50[-1] / full_p50[-1])
+    p50s: dict[str, list[float]] = {"lean": [], "full": []}
+    for round_index in range(rounds):
+        # Every other round the other path goes first: neither always runs warm after
+        # its rival, or always first.
+        order = [("lean", lean), ("full", full)][:: 1 if round_index % 2 == 0 else -1]
+        for name, predictor in order:
+            p50s[name].append(statistics.median(latency_round(predictor, texts)))
+    lean_p50, full_p50 = p50s["lean"], p50s["full"]
+    ratios = [a / b for a, b in zip(lean_p50, full_p50, strict=True)]
     return {"lean_p50_ms": statistics.median(lean_p50), "full_p50_ms": statistics.median(full_p50),
             "lean_over_full": statistics.median(ratios), "ratio_rounds": ratios}
 

@@ -389,6 +389,8 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgener.predictor import BATCH_WINDOWS
+
     parser = argparse.ArgumentParser(
         prog="edge-ner", description="Named entities from raw text with a small, fast model, "
         "and the pipeline that makes it.", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "runs/<run>/students/<name> or runs/<run>/teacher")
         sub.add_argument("--threads", type=positive_int, default=None,
                          help="CPU threads (default: all cores)")
-        sub.add_argument("--batch-size", type=positive_int, default=32,
-                         help="windows per model call")
+        sub.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS,
+                         help=f"windows per model call (default {BATCH_WINDOWS}: more "
+                         "holds more memory and is no faster on a small CPU)")
         sub.set_defaults(handler=handler)
         return sub
 

@@ -29,6 +29,10 @@ from edgener.tags import entity_spans
 from edgener.text import Word, split_words
 
 STAGES = ("teacher", "student", "quantized")
+# Windows per model call. ONNX Runtime's arena keeps the largest call's activations: on
+# the 2-core test machine L3's INT8 peaked at 250 MB tagging CoNLL-2003 test in calls of
+# 32 windows, 144 MB in calls of 8, at the same speed within run noise (docs/results.md).
+BATCH_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Predictor:
     """A backend with the encoder and labels of the artifact it serves."""
 
     def __init__(self, backend: Backend, encoder: Encoder, labels: Sequence[str],
-                 manifest: dict | None = None, batch_size: int = 32):
+                 manifest: dict | None = None, batch_size: int = BATCH_WINDOWS):
         self.backend = backend
         self.encoder = encoder
         self.labels = list(labels)
@@ -56,7 +60,7 @@ class Predictor:
 
     @classmethod
     def from_folder(cls, folder: str | Path, threads: int | None = None,
-                    backend: Backend | None = None, batch_size: int = 32) -> Predictor:
+                    backend: Backend | None = None, batch_size: int = BATCH_WINDOWS) -> Predictor:
         """Load the artifact in `folder` (a teacher, student or quantized folder); `backend`
         replaces the one its manifest names (the benchmark's peers use this)."""
         folder = Path(folder)
@@ -129,6 +133,6 @@ def _cached(folder: Path, threads: int | None, batch_size: int) -> Predictor:
 
 
 def load_predictor(folder: str | Path, threads: int | None = None,
-                   batch_size: int = 32) -> Predictor:
+                   batch_size: int = BATCH_WINDOWS) -> Predictor:
     """A Predictor for `folder`, loaded once per process and reused."""
     return _cached(Path(folder).resolve(), threads, batch_size)
