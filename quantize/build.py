@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import platform
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 
@@ -41,6 +44,7 @@ from edgener.config import (
     run_path,
 )
 from edgener.data import Sentence, load_dataset, recorded_dataset
+from edgener.predictor import Predictor
 from edgener.runtime import Backend, OnnxBackend, score, word_logits
 from edgener.torch_backends import torch_backend
 from edgener.training import console
@@ -210,8 +214,11 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
                                   parity=parity, reference=reference)
         valid = evaluate(built.runtime, source, splits["valid"], config)
         test = evaluate(built.runtime, source, splits["test"], config)
+        seconds = time.time() - started
+        built.details["latency"] = batch1_latency(built.runtime, source, splits["valid"],
+                                                  config.threads)
         manifest = publish(out_dir, built, source, config, variant_id(variant), valid, test,
-                           reference, min_f1, time.time() - started)
+                           reference, min_f1, seconds)
         console.print(f"  {out_dir.name}: valid F1 {100 * valid['f1']:.2f} "
                       f"({100 * (valid['f1'] - reference):+.2f}), {manifest['size_mb']:.1f} MB, "
                       + ("within budget" if manifest["within_budget"] else
@@ -219,6 +226,26 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
         rows.append(manifest)
     shutil.rmtree(source.work, ignore_errors=True)
     return rows
+
+
+def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
+                   threads: int | None, count: int = 200) -> dict:
+    """Batch-1 latency, raw text to entities, on the machine that builds the artifact: what
+    its model card can say of speed (the report measures it beside every other row)."""
+    step = max(1, len(sentences) // count)
+    texts = [" ".join(s.words) for s in sentences[::step][:count]]
+    predictor = Predictor(backend, source.encoder, source.labels)
+    for text in texts[:10]:
+        predictor.predict(text)
+    times = []
+    for text in texts:
+        tick = time.perf_counter()
+        predictor.predict(text)
+        times.append(1000 * (time.perf_counter() - tick))
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3),
+            "p90_ms": round(float(np.percentile(times, 90)), 3), "sentences": len(texts),
+            "threads": threads or os.cpu_count(), "machine": platform.processor()
+            or platform.machine()}
 
 
 def evaluate(backend: Backend, source: Source, sentences: list[Sentence],

@@ -107,7 +107,8 @@ def test_casing_warning_only_with_case_features(stage):
         assert "windows of at most 128 tokens overlapping by 32" in card
     assert "casing class" not in plain and "transformers pipeline" not in plain
     assert "other, lower, title, upper, mixed" in cased
-    assert "plain transformers pipeline" in cased and "edge-ner predict" in cased
+    assert "plain transformers pipeline" in cased
+    assert "Load it right with edge-ner" in cased and "Load it right" not in plain
     assert "token_type_ids as the casing class of each subword's word" in cased
 
 
@@ -143,8 +144,11 @@ def test_card_says_what_each_stage_is_and_was_made_from():
 
 def test_latency_appears_only_when_the_manifest_has_it():
     assert "## Latency" not in render_card(quantized_manifest(), METRICS, "f")
-    timed = render_card(quantized_manifest(latency={"p50_ms": 1.92, "threads": 2}), METRICS, "f")
-    assert "## Latency" in timed and "p50 1.92 ms" in timed and "threads 2" in timed
+    timed = render_card(quantized_manifest(latency={
+        "p50_ms": 1.92, "p90_ms": 2.5, "sentences": 200, "threads": 2, "machine": "x86_64"}),
+        METRICS, "f")
+    assert "## Latency" in timed and "p50 1.92 ms, p90 2.5 ms over 200 valid" in timed
+    assert "(x86_64, 2 threads)" in timed
 
 
 def test_card_of_a_bare_manifest_still_renders():

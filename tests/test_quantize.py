@@ -257,6 +257,11 @@ def test_stage_builds_and_judges_cpu_artifacts(tiny_run, conll_dir):
     assert manifests["teacher-onnx-fp32"]["parity"]["max_abs_logit_diff"] <= 1e-4
     for name in manifests:
         assert name in result.stdout
+        # The card says how fast it ran where it was built, from the manifest's timing.
+        timing = manifests[name]["latency"]
+        assert 0 < timing["p50_ms"] <= timing["p90_ms"] and timing["sentences"] > 0
+        card = (out / name / "README.md").read_text(encoding="utf-8")
+        assert f"p50 {timing['p50_ms']} ms" in card
 
 
 @pytest.mark.slow
