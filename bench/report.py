@@ -29,8 +29,6 @@ import argparse
 import logging
 import math
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import time
@@ -55,7 +53,14 @@ from bench.measure import (
     state_dict_mb,
     torch_dynamic_int8,
 )
-from edgener.artifacts import MANIFEST, publish_dir, read_json, read_manifest, write_json_atomic
+from edgener.artifacts import (
+    MANIFEST,
+    machine,
+    publish_dir,
+    read_json,
+    read_manifest,
+    write_json_atomic,
+)
 from edgener.cli import console, print_wide, run_stage
 from edgener.config import as_dict, load_config, parse_overrides, preset_path
 from edgener.data import load_dataset, recorded_dataset
@@ -322,18 +327,6 @@ def trade_off(row: dict, eager: dict) -> str:
     f1 = ("the same F1" if abs(points) < 0.005 else
           f"{abs(points):.2f} F1 points {'below' if points < 0 else 'above'} it")
     return f"{row['speedup_vs_eager']:.1f}x faster than the eager teacher at {f1}"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 COLUMNS = ("artifact", "backend", "prec.", "test F1", "p50 ms", "± ms", "p90 ms", "p99 ms",

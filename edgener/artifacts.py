@@ -111,6 +111,19 @@ def environment() -> dict:
     }
 
 
+def machine() -> str:
+    """The CPU model, its core count and the OS: where a timing was taken."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
 def make_manifest(stage: str, **fields) -> dict:
     return {
         "stage": stage,

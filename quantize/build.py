@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -28,6 +27,7 @@ from edgener.artifacts import (
     MANIFEST,
     ArtifactError,
     fingerprint,
+    machine,
     make_manifest,
     publish_dir,
     read_json,
@@ -244,8 +244,7 @@ def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
         times.append(1000 * (time.perf_counter() - tick))
     return {"p50_ms": round(float(np.percentile(times, 50)), 3),
             "p90_ms": round(float(np.percentile(times, 90)), 3), "sentences": len(texts),
-            "threads": threads or os.cpu_count(), "machine": platform.processor()
-            or platform.machine()}
+            "threads": threads or os.cpu_count(), "machine": machine()}
 
 
 def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
