@@ -30,6 +30,7 @@ COLD_TEXT = "EU rejects German call to boycott British lamb ."
 # Runs inside each environment's own interpreter: only the runtime it installed.
 WORKER = """
 import json, sys, time
+from bench.measure import peak_rss_mb
 from edgener.data import read_conll
 from edgener.predictor import load_predictor
 folder, test_file, threads, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -44,12 +45,10 @@ tick = time.perf_counter()
 for start in range(0, len(texts), chunk):
     predictor.predict_batch(texts[start:start + chunk])
 batched = len(texts) / (time.perf_counter() - tick)
-# VmHWM is this program's own peak; a forked child's ru_maxrss would also carry its
+# The program's own peak (VmHWM): a forked child's ru_maxrss would also carry its
 # parent's memory from before the exec.
-peak = next(int(line.split()[1]) for line in open("/proc/self/status")
-            if line.startswith("VmHWM:"))
 print(json.dumps({"sentences": len(texts), "batch1_sps": one, "batched_sps": batched,
-                  "peak_rss_mb": peak / 1024, "torch_imported": "torch" in sys.modules}))
+                  "peak_rss_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules}))
 """
 
 

@@ -206,6 +206,21 @@ def latency_round(predictor: Predictor, texts: Sequence[str]) -> list[float]:
     return times
 
 
+def rotating_p50s(predictors: dict[str, Predictor], texts: Sequence[str], rounds: int,
+                  warmup: int = 20) -> dict[str, list[float]]:
+    """Each predictor's batch-1 p50 (ms) per round, the predictors timed in turn within a
+    round so that the machine's drift falls on all alike; each round starts one later, so
+    none always runs first, and each is warmed up again before its turn."""
+    p50s: dict[str, list[float]] = {name: [] for name in predictors}
+    names = list(predictors)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            latency_round(predictors[name], texts[:warmup])
+            p50s[name].append(statistics.median(latency_round(predictors[name], texts)))
+    return p50s
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. Linux's VmHWM belongs to the running program;
     getrusage's ru_maxrss survives exec, so a spawned child would report its parent's peak

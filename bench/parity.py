@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.compare import artifact_dataset
-from bench.measure import evenly_spaced, latency_round, sentence_texts
+from bench.measure import evenly_spaced, rotating_p50s, sentence_texts
 from edgener.cli import print_wide, run_stage
 from edgener.data import DATA_DIR_ENV, load_dataset
 from edgener.encoding import Encoder
@@ -73,15 +73,7 @@ def compare_tags(lean: Predictor, full: Predictor, words: list[list[str]]) -> di
 def paired_p50(lean: Predictor, full: Predictor, words: list[list[str]], count: int,
                rounds: int) -> dict:
     texts = sentence_texts([words[i] for i in evenly_spaced(count, len(words))])
-    for predictor in (lean, full):
-        latency_round(predictor, texts[:20])
-    p50s: dict[str, list[float]] = {"lean": [], "full": []}
-    for round_index in range(rounds):
-        # Every other round the other path goes first: neither always runs warm after
-        # its rival, or always first.
-        order = [("lean", lean), ("full", full)][:: 1 if round_index % 2 == 0 else -1]
-        for name, predictor in order:
-            p50s[name].append(statistics.median(latency_round(predictor, texts)))
+    p50s = rotating_p50s({"lean": lean, "full": full}, texts, rounds)
     lean_p50, full_p50 = p50s["lean"], p50s["full"]
     ratios = [a / b for a, b in zip(lean_p50, full_p50, strict=True)]
     return {"lean_p50_ms": statistics.median(lean_p50), "full_p50_ms": statistics.median(full_p50),

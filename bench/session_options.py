@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.measure import evenly_spaced, latency_round, sentence_texts
+from bench.measure import evenly_spaced, rotating_p50s, sentence_texts
 from edgener.cli import print_wide, run_cli
 from edgener.data import read_conll
 from edgener.predictor import Predictor
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         creation = {name: creation_ms(make, args.starts) for name, make in variants.items()}
         predictors = {name: Predictor.from_folder(folder, args.threads, backend=make())
                       for name, make in variants.items()}
-        p50s = interleaved_p50s(predictors, texts, args.rounds)
+        p50s = rotating_p50s(predictors, texts, args.rounds)
     print_table(creation, p50s, folder.name, len(texts), args.threads)
     return 0
 
@@ -87,19 +87,6 @@ def creation_ms(make: Callable, repeats: int) -> float:
         make()
         times.append(1000 * (time.perf_counter() - tick))
     return statistics.median(times)
-
-
-def interleaved_p50s(predictors: dict[str, Predictor], texts: list[str],
-                     rounds: int) -> dict[str, list[float]]:
-    p50s: dict[str, list[float]] = {name: [] for name in predictors}
-    names = list(predictors)
-    for round_index in range(rounds):
-        # Each round starts one variant later, so no variant always runs first.
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            latency_round(predictors[name], texts[:20])
-            p50s[name].append(statistics.median(latency_round(predictors[name], texts)))
-    return p50s
 
 
 def print_table(creation: dict, p50s: dict, name: str, sentences: int, threads: int) -> None:

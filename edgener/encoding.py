@@ -136,8 +136,9 @@ class Encoder:
         self.cls_id, self.sep_id = special.cls, special.sep
         self.pad_id, self.unk_id = special.pad, special.unk
         # Words are encoded one pre-split call at a time, so the padding and truncation a
-        # tokenizer.json may carry would cut or pad them: this copy never has them.
-        self.word_piecer = Tokenizer.from_str(word_piecer.to_str())
+        # tokenizer.json may carry would cut or pad them: they are turned off (on the
+        # encoder's own tokenizer, which nothing else holds).
+        self.word_piecer = word_piecer
         self.word_piecer.no_padding()
         self.word_piecer.no_truncation()
         self._pieces: dict[str, list[int]] = {}
@@ -148,8 +149,9 @@ class Encoder:
         """From a transformers fast tokenizer (its Rust tokenizer and special ids)."""
         special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id,
                                 tokenizer.pad_token_id, tokenizer.unk_token_id)
-        return cls(tokenizer.backend_tokenizer, special, labels, max_length, window_overlap,
-                   case_features)
+        # A copy: transformers resets its own tokenizer's padding and truncation per call.
+        return cls(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), special, labels,
+                   max_length, window_overlap, case_features)
 
     @classmethod
     def from_folder(cls, folder: str | Path, labels: Sequence[str], max_length: int,
