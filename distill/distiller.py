@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
-from edgener.encoding import IGNORE_INDEX, Window, eval_batches
+from edgener.encoding import IGNORE_INDEX, Window, token_batches
 from edgener.runtime import MODEL_INPUTS
 from edgener.training import collate, console
 
@@ -66,7 +66,7 @@ class TeacherCache:
     """
 
     def __init__(self, teacher: torch.nn.Module, windows: Sequence[Window], layers: Sequence[int],
-                 batch_size: int, device: torch.device, pad_id: int):
+                 max_tokens: int, device: torch.device, pad_id: int):
         self.layers = sorted(set(layers))
         self.num_hidden = teacher.config.num_hidden_layers + 1
         self.logits: list[torch.Tensor | None] = [None] * len(windows)
@@ -75,7 +75,7 @@ class TeacherCache:
         }
         started = time.time()
         teacher.eval()
-        batches = eval_batches([len(w.input_ids) for w in windows], batch_size)
+        batches = token_batches([len(w.input_ids) for w in windows], max_tokens)
         with torch.no_grad(), Progress(console=console, transient=True) as progress:
             task = progress.add_task("caching teacher outputs", total=len(batches))
             for indices in batches:

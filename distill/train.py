@@ -167,13 +167,13 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
             def validate(student=student) -> float:
                 valid = splits["valid"]
                 return evaluate(student, encoder, [s.words for s in valid],
-                                [s.tags for s in valid], labels, config.eval_batch_size,
+                                [s.tags for s in valid], labels, config.eval_batch_tokens,
                                 processes.device)["f1"]
 
             result = fit(step, student, [len(w.input_ids) for w in windows], validate, config,
                          run_dir / ".students-work" / out_name, config_id, processes, fresh)
             if processes.is_main:
-                metrics = score_splits(student, encoder, splits, labels, config.eval_batch_size,
+                metrics = score_splits(student, encoder, splits, labels, config.eval_batch_tokens,
                                        processes.device)
                 shape = describe_model(student)
                 metrics |= {"params": shape["params"], "teacher_test_f1": teacher_test_f1,
@@ -260,7 +260,7 @@ def build_cache(config: DistillConfig, teacher, windows: list[Window], specs, pr
               for layer in layer_map(spec.layers, teacher.config.num_hidden_layers)}
     if config.matches:
         layers = teacher_layers(config.matches)
-    cache = TeacherCache(teacher, windows, sorted(layers), config.eval_batch_size,
+    cache = TeacherCache(teacher, windows, sorted(layers), config.eval_batch_tokens,
                          processes.device, pad_id)
     if processes.is_main:
         console.print(f"teacher outputs cached for {len(windows)} windows (hidden states "

@@ -283,10 +283,21 @@ def train_batches(
     return batches
 
 
-def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches of similar-length inputs, longest first, for fast inference."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of inputs in batches for inference: sorted longest first across all of them,
+    then cut so that a batch padded to its longest holds at most `max_tokens` positions
+    (an input longer than that alone). Padding stays small, and a call's memory is bounded
+    by the budget, not by how long its inputs happen to be."""
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        # Sorted longest first: a batch's first input sets its padded length.
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def gather_word_logits(

@@ -18,21 +18,15 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from edgener.artifacts import ArtifactError, read_json, read_manifest, verify_files
 from edgener.backends import load_backend
-from edgener.decoding import constrained_path, path_probabilities
+from edgener.decoding import decode_all
 from edgener.encoding import Encoder, TokenizerError
-from edgener.runtime import Backend, word_logits
+from edgener.runtime import BATCH_TOKENS, Backend, word_logits
 from edgener.tags import entity_spans
 from edgener.text import Word, split_words
 
 STAGES = ("teacher", "student", "quantized")
-# Windows per model call. ONNX Runtime's arena keeps the largest call's activations: on
-# the 2-core test machine L3's INT8 peaked at 250 MB tagging CoNLL-2003 test in calls of
-# 32 windows, 144 MB in calls of 8, at the same speed within run noise (docs/results.md).
-BATCH_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -48,19 +42,23 @@ class Entity:
 
 
 class Predictor:
-    """A backend with the encoder and labels of the artifact it serves."""
+    """A backend with the encoder and labels of the artifact it serves.
+
+    The texts of one call are batched together: all their windows sorted by length, then
+    cut into model calls of at most `max_batch_tokens` padded positions."""
 
     def __init__(self, backend: Backend, encoder: Encoder, labels: Sequence[str],
-                 manifest: dict | None = None, batch_size: int = BATCH_WINDOWS):
+                 manifest: dict | None = None, max_batch_tokens: int = BATCH_TOKENS):
         self.backend = backend
         self.encoder = encoder
         self.labels = list(labels)
         self.manifest = manifest or {}
-        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
 
     @classmethod
     def from_folder(cls, folder: str | Path, threads: int | None = None,
-                    backend: Backend | None = None, batch_size: int = BATCH_WINDOWS) -> Predictor:
+                    backend: Backend | None = None,
+                    max_batch_tokens: int = BATCH_TOKENS) -> Predictor:
         """Load the artifact in `folder` (a teacher, student or quantized folder); `backend`
         replaces the one its manifest names (the benchmark's peers use this)."""
         folder = Path(folder)
@@ -71,18 +69,19 @@ class Predictor:
         encoder, labels = artifact_encoder(folder, manifest)
         if backend is None:
             backend = load_backend(folder, manifest, threads)
-        return cls(backend, encoder, labels, manifest, batch_size)
+        return cls(backend, encoder, labels, manifest, max_batch_tokens)
 
-    def tag(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[str], np.ndarray]]:
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a text's entities were measured not to depend on what it is batched
+        with (the manifest's record; unknown counts as no)."""
+        return bool(self.manifest.get("batch_invariance", {}).get("invariant"))
+
+    def tag(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[str], list[float]]]:
         """(IOB2 tags, probability of each tag) for each sentence of words."""
-        out = []
-        for logits in word_logits(self.backend, self.encoder, sentences, self.batch_size):
-            if len(logits) == 0:
-                out.append(([], np.zeros(0)))
-                continue
-            path = constrained_path(logits, self.labels)
-            out.append(([self.labels[i] for i in path], path_probabilities(logits, path)))
-        return out
+        logits = word_logits(self.backend, self.encoder, sentences, self.max_batch_tokens)
+        return [([self.labels[i] for i in path], probabilities)
+                for path, probabilities in decode_all(logits, self.labels)]
 
     def predict_batch(self, texts: Sequence[str]) -> list[list[Entity]]:
         words = [split_words(text) for text in texts]
@@ -95,12 +94,12 @@ class Predictor:
 
 
 def entities(text: str, words: Sequence[Word], tags: Sequence[str],
-             probs: np.ndarray) -> list[Entity]:
+             probs: Sequence[float]) -> list[Entity]:
     found = []
     for kind, start, end in entity_spans(tags):
         first, last = words[start].start, words[end - 1].end
         found.append(Entity(kind, text[first:last], first, last,
-                            round(float(probs[start:end].mean()), 4)))
+                            round(sum(probs[start:end]) / (end - start), 4)))
     return found
 
 
@@ -128,11 +127,11 @@ def read_artifact_manifest(folder: Path) -> dict:
 
 
 @lru_cache(maxsize=8)
-def _cached(folder: Path, threads: int | None, batch_size: int) -> Predictor:
-    return Predictor.from_folder(folder, threads, batch_size=batch_size)
+def _cached(folder: Path, threads: int | None, max_batch_tokens: int) -> Predictor:
+    return Predictor.from_folder(folder, threads, max_batch_tokens=max_batch_tokens)
 
 
 def load_predictor(folder: str | Path, threads: int | None = None,
-                   batch_size: int = BATCH_WINDOWS) -> Predictor:
+                   max_batch_tokens: int = BATCH_TOKENS) -> Predictor:
     """A Predictor for `folder`, loaded once per process and reused."""
-    return _cached(Path(folder).resolve(), threads, batch_size)
+    return _cached(Path(folder).resolve(), threads, max_batch_tokens)

@@ -161,7 +161,7 @@ def evaluate(
     words: Sequence[Sequence[str]],
     gold_tags: Sequence[Sequence[str]],
     labels: Sequence[str],
-    batch_size: int,
+    max_tokens: int,
     device: torch.device,
 ) -> dict:
     """Entity-level scores of a PyTorch model with constrained decoding."""
@@ -169,17 +169,17 @@ def evaluate(
     model.eval()
     try:
         return score(torch_backend(model, device), encoder, words, gold_tags, labels,
-                     batch_size)
+                     max_tokens)
     finally:
         model.train(was_training)
 
 
 def score_splits(model: torch.nn.Module, encoder: Encoder, splits: dict, labels: Sequence[str],
-                 batch_size: int, device: torch.device) -> dict[str, dict]:
+                 max_tokens: int, device: torch.device) -> dict[str, dict]:
     """evaluate() on each named list of Sentences."""
     return {
         name: evaluate(model, encoder, [s.words for s in sentences], [s.tags for s in sentences],
-                       labels, batch_size, device)
+                       labels, max_tokens, device)
         for name, sentences in splits.items()
     }
 
@@ -197,7 +197,7 @@ class TrainSettings:
     group_by_length: bool = True
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
     seed: int = 42
-    eval_batch_size: int = 64
+    eval_batch_tokens: int = 8192  # padded positions per evaluation batch
     checkpoint_every: int = 200  # optimiser steps between resumable checkpoints
     threads: int | None = None  # torch threads per process; None: cores / processes
 

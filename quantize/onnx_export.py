@@ -50,10 +50,10 @@ class Parity:
 
 
 def compare(reference: Backend, candidate: Backend, encoder: Encoder,
-            sentences: list[list[str]], labels: list[str], batch_size: int) -> Parity:
+            sentences: list[list[str]], labels: list[str], max_tokens: int) -> Parity:
     """Word logits and constrained-decoded tags of two backends over the same sentences."""
-    expected = word_logits(reference, encoder, sentences, batch_size)
-    actual = word_logits(candidate, encoder, sentences, batch_size)
+    expected = word_logits(reference, encoder, sentences, max_tokens)
+    actual = word_logits(candidate, encoder, sentences, max_tokens)
     max_diff, mismatches = 0.0, 0
     for a, b in zip(expected, actual, strict=True):
         if a.size:

@@ -109,7 +109,7 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
 
     def validate() -> float:
         return evaluate(model, encoder, [s.words for s in valid_set], [s.tags for s in valid_set],
-                        labels, config.eval_batch_size, processes.device)["f1"]
+                        labels, config.eval_batch_tokens, processes.device)["f1"]
 
     result = fit(step, model, [len(w.input_ids) for w in windows], validate, config,
                  run_dir / ".teacher-work", config_id, processes, fresh)
@@ -126,7 +126,7 @@ def publish(config, config_id, preset, model, tokenizer, encoder, labels, datase
     shape = describe_model(model)
     metrics = {
         **score_splits(model, encoder, {"valid": valid_set, "test": test_set}, labels,
-                       config.eval_batch_size, processes.device),
+                       config.eval_batch_tokens, processes.device),
         "wall_time_s": result.wall_time_s, "steps": result.steps, "epochs": config.epochs,
         "best_epoch": result.best_epoch, "seed": config.seed, "history": result.history,
         "params": shape["params"], "processes": processes.world_size,

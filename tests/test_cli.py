@@ -234,7 +234,7 @@ def test_predict_reads_stdin_as_utf8_without_its_byte_order_mark(artifacts, tmp_
 
 def test_bad_values_and_paths_are_one_line(artifacts, tmp_path):  # noqa: F811
     folder = str(artifacts["onnx-fp32"])
-    assert edge_ner("predict", folder, "x", "--batch-size", "0", cwd=tmp_path).returncode == 2
+    assert edge_ner("predict", folder, "x", "--max-batch-tokens", "0", cwd=tmp_path).returncode == 2
     source = tmp_path / "texts.txt"
     source.write_text("Paris\n", encoding="utf-8")
     for output in (str(tmp_path), str(source)):  # a folder; the input itself

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgener.decoding import constrained_decode, path_probabilities
+from edgener.decoding import constrained_decode, decode_all, path_probabilities
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -166,3 +166,30 @@ def test_path_probabilities_are_the_softmax_of_each_chosen_label():
     expected = [np.exp(reference_log_softmax(logits - logits.max())[t, i])
                 for t, i in enumerate(path)]
     np.testing.assert_allclose(path_probabilities(logits, path), expected, rtol=1e-5)
+
+
+def test_decoding_many_sentences_at_once_gives_each_its_own_best_valid_path():
+    """decode_all checks validity over all sentences together: a sentence whose greedy
+    tags are valid must stay greedy even when the previous one ends inside an entity
+    (an I- tag at a sentence start is judged against the start, not the neighbour)."""
+    rng = np.random.default_rng(11)
+    sentences = [rng.normal(scale=3.0, size=(n, len(LABELS))).astype(np.float32)
+                 for n in (5, 0, 1, 9, 3, 0, 12)]
+    ends_inside = np.zeros((2, len(LABELS)), np.float32)
+    ends_inside[0, LABELS.index("B-PER")] = ends_inside[1, LABELS.index("I-PER")] = 9.0
+    starts_outside = np.zeros((2, len(LABELS)), np.float32)
+    starts_outside[0, LABELS.index("B-LOC")] = starts_outside[1, LABELS.index("O")] = 9.0
+    sentences += [ends_inside, starts_outside]
+    found = decode_all(sentences, LABELS)
+    assert len(found) == len(sentences)
+    for logits, (path, probabilities) in zip(sentences, found, strict=True):
+        tags = [LABELS[i] for i in path]
+        assert tags == constrained_decode(logits, LABELS)
+        if len(logits):
+            np.testing.assert_allclose(probabilities, path_probabilities(logits, path),
+                                       rtol=1e-5)
+        else:
+            assert path == [] and probabilities == []
+    assert [LABELS[i] for i in found[-1][0]] == ["B-LOC", "O"]
+    assert any(not is_valid_iob2([LABELS[i] for i in logits.argmax(axis=1)])
+               for logits in sentences if len(logits))

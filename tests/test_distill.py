@@ -350,7 +350,7 @@ def test_cache_matches_the_online_teacher():
     teacher = tiny_model(0, layers=2)
     windows = more_windows()
     # Batched two at a time, longest first: every window padded differently from below.
-    cache = TeacherCache(teacher, windows, [2, 0], batch_size=2, device=CPU, pad_id=PAD)
+    cache = TeacherCache(teacher, windows, [2, 0], max_tokens=32, device=CPU, pad_id=PAD)
     for indices in ([0, 1, 2], [7, 3], [4], [6, 5, 1]):
         batch = collate([windows[i] for i in indices], PAD)
         width = batch["input_ids"].shape[1]
@@ -379,7 +379,7 @@ def test_cached_and_online_steps_give_the_same_loss(tmp_path):
         matches = derive_matches(student.config, teacher.config, "hidden_mse", 1.0)
         distiller = make_distiller(teacher, student, matches, 4.0, 1.0, 1.0, str(tmp_path),
                                    CPU)
-        cache = TeacherCache(teacher, windows, [0, 2], 4, CPU, PAD) if cached else None
+        cache = TeacherCache(teacher, windows, [0, 2], 64, CPU, PAD) if cached else None
         step = DistillStep(distiller, windows, PAD, [CLS, SEP], CPU, cache)
         with torch.no_grad():
             losses.append(step([5, 0, 7, 2]))

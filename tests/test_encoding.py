@@ -14,9 +14,9 @@ from edgener.encoding import (
     IGNORE_INDEX,
     Encoder,
     case_class,
-    eval_batches,
     gather_word_logits,
     plan_windows,
+    token_batches,
     train_batches,
 )
 from edgener.training import collate
@@ -182,7 +182,18 @@ def test_length_grouping_cuts_padding():
     grouped = padded_tokens(train_batches(lengths, 32, 0, 0, group_by_length=True))
     plain = padded_tokens(train_batches(lengths, 32, 0, 0, group_by_length=False))
     assert grouped < 0.7 * plain
-    assert sorted(i for b in eval_batches(lengths, 32) for i in b) == list(range(3200))
+
+
+def test_token_batches_sort_across_the_call_and_cut_by_padded_tokens():
+    lengths = [5, 40, 7, 40, 12, 3, 200, 9]
+    batches = token_batches(lengths, max_tokens=80)
+    # Longest first; each batch's rows times its longest stays within the budget, except
+    # the 200-token input, which is over it alone.
+    assert batches == [[6], [1, 3], [4, 7, 2, 0, 5]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert token_batches([], 80) == []
+    with pytest.raises(ValueError):
+        token_batches(lengths, 0)
 
 
 def test_widened_type_embeddings_start_as_the_pretrained_row():
