@@ -30,6 +30,7 @@ def render_card(manifest: dict, metrics: dict, folder: str | Path) -> str:
         made_from(manifest),
         scores(manifest, metrics),
         latency(manifest),
+        batching(manifest),
         input_contract(manifest),
         casing_warning(manifest),
         usage(manifest, folder),
@@ -216,6 +217,23 @@ def latency(manifest: dict) -> str:
             f"({timing['machine']}, {timing['threads']} threads): p50 {timing['p50_ms']} ms, "
             f"p90 {timing['p90_ms']} ms over {timing['sentences']} valid sentences. "
             "`python -m bench.report` measures it beside every other artifact of the run.")
+
+
+def batching(manifest: dict) -> str:
+    check = manifest.get("batch_invariance")
+    if not check:
+        return ""
+    measured = (f"measured on {check['windows']} valid windows, each alone and padded in "
+                f"batches beside very different lengths")
+    if check["invariant"]:
+        return ("## Batching\n\nA text gets the same tags whether it runs alone or batched "
+                f"with other texts ({measured}: no tag changed, probabilities moved by at most "
+                f"{check['max_probability_diff']:.1g}), so a server may put several callers' "
+                "texts in one model call.")
+    return ("## Batching\n\nA text's tags can depend on the texts it is batched with "
+            f"({measured}: {check['argmax_changes']} token tags changed, probabilities moved "
+            f"by up to {check['max_probability_diff']:.2f}). Serve each caller's texts in "
+            "model calls of their own.")
 
 
 def input_contract(manifest: dict) -> str:

@@ -45,7 +45,7 @@ from edgener.config import (
 )
 from edgener.data import Sentence, load_dataset, recorded_dataset
 from edgener.predictor import Predictor
-from edgener.runtime import Backend, OnnxBackend, score, word_logits
+from edgener.runtime import Backend, OnnxBackend, batch_invariance, score, word_logits
 from edgener.torch_backends import torch_backend
 from edgener.training import console
 from quantize import ort_quant
@@ -193,7 +193,7 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
     fp32 = OnnxBackend(plain, config.threads)
     valid_words = [s.words for s in splits["valid"]]
     parity = compare(torch_backend(source.model), fp32, source.encoder, valid_words,
-                     source.labels, config.eval_batch_size)
+                     source.labels, config.eval_batch_tokens)
     if not parity.ok(config.parity_atol):
         raise ParityError(f"{source.name}: the ONNX export does not match PyTorch on valid: "
                           f"{parity.describe()} (tolerance {config.parity_atol:g})")
@@ -217,6 +217,10 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
         seconds = time.time() - started
         built.details["latency"] = batch1_latency(built.runtime, source, splits["valid"],
                                                   config.threads)
+        built.details["batch_invariance"] = batch_invariance(
+            built.runtime, source.encoder,
+            [s.words for s in splits["valid"][: config.invariance_sentences]],
+            config.eval_batch_tokens)
         manifest = publish(out_dir, built, source, config, variant_id(variant), valid, test,
                            reference, min_f1, seconds)
         console.print(f"  {out_dir.name}: valid F1 {100 * valid['f1']:.2f} "
@@ -250,7 +254,7 @@ def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
 def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
              config: QuantizeConfig) -> dict:
     return score(backend, source.encoder, [s.words for s in sentences],
-                 [s.tags for s in sentences], source.labels, config.eval_batch_size)
+                 [s.tags for s in sentences], source.labels, config.eval_batch_tokens)
 
 
 def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: Path,
@@ -279,7 +283,8 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
                      OnnxBackend(dynamic, config.threads),
                      {"graph": "fused", "fused_ops": fused_ops, "quantization": "dynamic",
                       "weights": "int8 per-tensor",
-                      "activations": "uint8, quantized per batch at run time",
+                      "activations": "uint8, quantized at run time with one scale and zero "
+                                     "point per sequence, over its real tokens",
                       "fp32_ops": ort_quant.float_ops(dynamic)})
     if variant == "ort-int8-static":
         return build_static(source, config, plain, splits, reference)
@@ -315,11 +320,11 @@ def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: di
     if f1 < min_f1:
         fp32 = OnnxBackend(plain, config.threads)
         check = [s.words for s in splits["train"][: min(config.calibration_sentences, 256)]]
-        expected = word_logits(fp32, source.encoder, check, config.eval_batch_size)
+        expected = word_logits(fp32, source.encoder, check, config.eval_batch_tokens)
 
         def logit_error(path: Path) -> float:
             actual = word_logits(OnnxBackend(path, config.threads), source.encoder, check,
-                                 config.eval_batch_size)
+                                 config.eval_batch_tokens)
             return sum(ort_quant.mean_squared_logit_error(a, b)
                        for a, b in zip(expected, actual, strict=True) if a.size) / len(check)
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from edgener.data import DATA_DIR_ENV
+from edgener.runtime import BATCH_TOKENS
 
 CPU_VARIANTS = ("onnx-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-static", "inc-int8")
 GPU_VARIANTS = ("trt-fp16", "trt-int8")
@@ -20,7 +21,8 @@ class QuantizeConfig:
     models: list | None = None  # teacher and student names; None: every published model
     variants: list = field(default_factory=lambda: [*CPU_VARIANTS, *GPU_VARIANTS])
     eval_limit: int | None = None  # first N valid sentences for the F1 checks
-    eval_batch_size: int = 64
+    eval_batch_tokens: int = BATCH_TOKENS  # padded positions per model call, as served
+    invariance_sentences: int = 256  # valid sentences of the batch-invariance check
     threads: int | None = None  # ONNX Runtime and torch threads; None: all cores
     # Budget: the largest drop of valid F1 against the FP32 ONNX reference, relative
     # (0.01: an artifact keeps at least 99% of the reference F1).

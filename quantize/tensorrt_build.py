@@ -60,8 +60,8 @@ class TensorRTBuildError(RuntimeError):
 def shape_profile(config: QuantizeConfig, window_length: int,
                   position_limit: int | None = None) -> ShapeProfile:
     """min (1, 1), max (trt_max_batch, trt_max_length or the encoder's window length), opt
-    a full scoring batch at half the window (dynamic padding makes most batches shorter
-    than the window)."""
+    half the window (dynamic padding makes most batches shorter than the window) and as
+    many rows as a scoring batch's token budget holds at that length."""
     max_batch = config.trt_max_batch
     max_length = config.trt_max_length or window_length
     if max_batch < 1:
@@ -72,7 +72,8 @@ def shape_profile(config: QuantizeConfig, window_length: int,
     if position_limit is not None and max_length > position_limit:
         raise ConfigError(f"trt_max_length {max_length} exceeds the model's "
                           f"{position_limit} position embeddings")
-    opt = (max(1, min(config.eval_batch_size, max_batch)), max(1, (max_length + 1) // 2))
+    opt_length = max(1, (max_length + 1) // 2)
+    opt = (max(1, min(config.eval_batch_tokens // opt_length, max_batch)), opt_length)
     return ShapeProfile((1, 1), opt, (max_batch, max_length))
 
 

@@ -151,6 +151,21 @@ def test_latency_appears_only_when_the_manifest_has_it():
     assert "(x86_64, 2 threads)" in timed
 
 
+def test_batching_section_says_whether_callers_can_share_a_model_call():
+    assert "## Batching" not in render_card(quantized_manifest(), METRICS, "f")
+    check = {"windows": 256, "batches": 4, "largest_batch": 110, "tolerance": 1e-3}
+    shared = render_card(quantized_manifest(batch_invariance={
+        **check, "max_probability_diff": 0.0, "argmax_changes": 0, "invariant": True}),
+        METRICS, "f")
+    assert "same tags whether it runs alone or batched" in shared
+    assert "measured on 256 valid windows" in shared
+    apart = render_card(quantized_manifest(batch_invariance={
+        **check, "max_probability_diff": 0.75, "argmax_changes": 18, "invariant": False}),
+        METRICS, "f")
+    assert "18 token tags changed" in apart and "up to 0.75" in apart
+    assert "model calls of their own" in apart and "same tags whether" not in apart
+
+
 def test_card_of_a_bare_manifest_still_renders():
     # An old or hand-made manifest: no metrics, no shape, no records.
     card = render_card({"stage": "student", "labels": LABELS, "encoding": ENCODING}, {}, "f")

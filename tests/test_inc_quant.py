@@ -107,7 +107,7 @@ def built(tiny_source):
 def quantize_config() -> QuantizeConfig:
     # One trial: each costs a torch.compile (10-50 s here).
     return QuantizeConfig(inc_max_trials=1, calibration_sentences=CALIBRATION_SENTENCES,
-                          eval_batch_size=4, threads=1)
+                          eval_batch_tokens=64, threads=1)
 
 
 def token_id(source: Source, word: str) -> int:
@@ -241,7 +241,7 @@ def test_predictor_serves_the_published_artifact(built, tiny_source, tmp_path):
     predictor = load_predictor(folder, threads=1)
     text = f"{PEOPLE[0]} lives in {PLACES[1]} . we met {PEOPLE[2]} in {PLACES[3]} today"
     words = text.split()
-    (expected,) = word_logits(built[0].runtime, tiny_source.encoder, [words], batch_size=4)
+    (expected,) = word_logits(built[0].runtime, tiny_source.encoder, [words], max_tokens=64)
     ((tags, _),) = predictor.tag([words])
     assert tags == constrained_decode(expected, LABELS)
     found = predictor.predict(text)

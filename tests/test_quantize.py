@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
 from edgener.data import Sentence
-from edgener.encoding import Encoder
+from edgener.encoding import Encoder, pad_arrays
 from edgener.runtime import OnnxBackend, word_logits
 from edgener.tags import split_tag
 from edgener.torch_backends import torch_backend
@@ -50,7 +50,7 @@ def exported(tiny_classifier, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def static_qdq(exported, tiny_classifier) -> Path:
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
     target = exported.with_name("static.onnx")
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=True)
     return target
@@ -99,7 +99,7 @@ def test_every_static_matmul_has_symmetric_int8_per_channel_weights(static_qdq):
 
 
 def test_tensorrt_form_has_symmetric_int8_activations(exported, tiny_classifier, tmp_path):
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
     target = tmp_path / "static.onnx"
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False,
                                   symmetric_activations=True)
@@ -160,7 +160,7 @@ def ort_run(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
 
 
 def test_embeddings_stay_fp32_when_asked(exported, tiny_classifier, tmp_path):
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
     target = tmp_path / "static.onnx"
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False)
     assert ort_quant.float_ops(target) == {"Gather": 3}  # word, position, token type tables
@@ -264,6 +264,70 @@ def test_stage_builds_and_judges_cpu_artifacts(tiny_run, conll_dir):
         assert f"p50 {timing['p50_ms']} ms" in card
 
 
+# Texts of very different lengths, so that in a batch each is padded beside the others: one
+# over several windows, one word, none, non-ASCII, and middling ones.
+PLANTED_TEXTS = [
+    " ".join(["Alice", "met", "Bob", "in", "Paris", "on", "Monday", "."] * 40),
+    "Rome",
+    "",
+    "Zoë Müller flew from São Paulo to Kraków .",
+    "the cat sat on the mat in New York today",
+    "Bob",
+    "Alice lives in Paris . " * 6,
+]
+
+
+def entity_rows(found) -> list[tuple]:
+    return [(e.type, e.start, e.end) for e in found], [e.score for e in found]
+
+
+@pytest.mark.slow
+def test_every_onnx_artifact_gives_a_text_the_same_entities_alone_and_in_any_batch(
+        tiny_run, conll_dir):
+    """Batch invariance, end to end through the runtime, for every ONNX variant the stage
+    built (run by the test above): the planted texts one at a time, then in batches that
+    pad them beside very different lengths, in several orders; and the stage's own
+    measurement in each manifest says the same. The same check on the dynamic INT8 built
+    the old way (one activation scale for the whole batch) must see a difference, or it
+    could not fail."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgener.predictor import Predictor
+    from edgener.runtime import batch_invariance
+
+    out = tiny_run / "runs" / "q" / "quantized"
+    folders = sorted(p for p in out.iterdir() if (p / "model.onnx").is_file())
+    assert [p.name for p in folders] == ["teacher-onnx-fp32", "teacher-ort-fp32",
+                                         "teacher-ort-int8-dynamic", "teacher-ort-int8-static"]
+    orders = [PLANTED_TEXTS, PLANTED_TEXTS[::-1], PLANTED_TEXTS[1::2] + PLANTED_TEXTS[::2]]
+    for folder in folders:
+        predictor = Predictor.from_folder(folder, threads=1, max_batch_tokens=512)
+        alone = {text: entity_rows(predictor.predict(text)) for text in PLANTED_TEXTS}
+        assert any(alone[text][0] for text in PLANTED_TEXTS), folder.name  # something to see
+        for texts in orders:
+            for text, found in zip(texts, predictor.predict_batch(texts), strict=True):
+                spans, scores = entity_rows(found)
+                assert spans == alone[text][0], (folder.name, text[:30])
+                np.testing.assert_allclose(scores, alone[text][1], atol=1e-3)
+        measured = json.loads((folder / "manifest.json").read_text())["batch_invariance"]
+        assert measured["invariant"] and measured["windows"] > 0, folder.name
+        assert predictor.batch_invariant
+
+    old_way = tiny_run / "old-way-dynamic.onnx"
+    quantize_dynamic(out / "teacher-ort-fp32" / "model.onnx", old_way,
+                     weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    dynamic = Predictor.from_folder(out / "teacher-ort-int8-dynamic", threads=1)
+    sentences = [text.split() for text in PLANTED_TEXTS if text] * 3
+    check = batch_invariance(OnnxBackend(old_way, 1), dynamic.encoder, sentences, 512)
+    assert not check["invariant"] and check["max_probability_diff"] > 1e-3
+    # One window alone is quantized exactly as before: the same graph runs it.
+    old_backend = OnnxBackend(old_way, 1)
+    for window in dynamic.encoder.encode_all(sentences[:6]):
+        batch = pad_arrays([window], dynamic.encoder.pad_id)
+        np.testing.assert_array_equal(dynamic.backend(batch), old_backend(batch))
+
+
 @pytest.mark.slow
 def test_rerun_builds_nothing_and_skips_the_export(tiny_run, conll_dir, monkeypatch, capsys):
     from quantize import build
@@ -360,7 +424,7 @@ def test_quantized_groups_are_read_from_the_graph(static_qdq, exported, tiny_cla
     assert ort_quant.quantized_groups(static_qdq) == ["embeddings", "head", "layer.0",
                                                       "layer.1"]
     assert ort_quant.quantized_groups(exported) == []
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, batch_size=4)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
     layer_1 = [n.name for n in ort_quant.quantizable_nodes(exported, True)
                if ort_quant.node_group(n.name) == "layer.1"]
     target = tmp_path / "partial.onnx"
@@ -378,7 +442,7 @@ def test_static_with_every_group_back_in_fp32_is_published_as_fp32(
     sentences = [Sentence(words, ["O"] * len(words)) for words in TRAIN_WORDS]
     splits = {"train": sentences, "valid": sentences[:4], "test": sentences[:4]}
     source = Source("teacher", Path("."), model, None, LABELS, {}, encoder, tmp_path)
-    config = QuantizeConfig(calibration_sentences=8, threads=1, eval_batch_size=4)
+    config = QuantizeConfig(calibration_sentences=8, threads=1, eval_batch_tokens=64)
     built = build.build_static(source, config, exported, splits, reference=1.0)
     fallback = built.details["fallback"]
     assert set(fallback["fp32_groups"]) == {"embeddings", "layer.0", "layer.1", "head"}

@@ -47,7 +47,7 @@ SENTENCES = [[WORDS[(7 * i + j) % len(WORDS)] for j in range(3 + (11 * i) % 38)]
 
 
 def config(**overrides) -> QuantizeConfig:
-    return QuantizeConfig(**{"eval_batch_size": 4, "trt_max_batch": 8,
+    return QuantizeConfig(**{"eval_batch_tokens": 64, "trt_max_batch": 8,
                              "calibration_sentences": 16, **overrides})
 
 
@@ -104,13 +104,14 @@ def train_split() -> dict[str, list[Sentence]]:
 
 
 def test_shape_profile_spans_one_token_to_the_configured_maximum():
-    profile = shape_profile(config(trt_max_batch=64, eval_batch_size=16), window_length=128)
+    # 1,024 tokens a scoring batch: 16 rows of half the 128-token window.
+    profile = shape_profile(config(trt_max_batch=64, eval_batch_tokens=1024), window_length=128)
     assert profile == ShapeProfile(min=(1, 1), opt=(16, 64), max=(64, 128))
-    longer = shape_profile(config(trt_max_batch=64, eval_batch_size=16, trt_max_length=256),
+    longer = shape_profile(config(trt_max_batch=64, eval_batch_tokens=1024, trt_max_length=256),
                            window_length=128, position_limit=512)
-    assert longer.max == (64, 256) and longer.opt == (16, 128)
+    assert longer.max == (64, 256) and longer.opt == (8, 128)
     # Scoring batches larger than the engine's maximum run in slices of the maximum.
-    assert shape_profile(config(trt_max_batch=8, eval_batch_size=64), 32).opt == (8, 16)
+    assert shape_profile(config(trt_max_batch=8, eval_batch_tokens=4096), 32).opt == (8, 16)
     assert profile.as_dict() == {"axes": ["batch", "sequence"], "min": [1, 1],
                                  "opt": [16, 64], "max": [64, 128]}
 
