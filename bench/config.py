@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from edgener.data import DATA_DIR_ENV
+from edgener.runtime import BATCH_TOKENS
 
 
 @dataclass
@@ -16,12 +17,12 @@ class ReportConfig:
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     threads: int = 2  # the fixed CPU thread count of every measurement
     test_limit: int | None = None  # first N test sentences for F1; None: all
-    eval_batch_size: int = 64  # batch of the F1 pass
+    # Padded tokens per model call of the F1 and batched passes (the runtime's default).
+    batch_tokens: int = BATCH_TOKENS
     latency_sentences: int = 200  # test sentences timed one at a time, spread over the split
     latency_rounds: int = 3  # rounds over them: the spread of p50 across rounds is the noise
     warmup: int = 20  # untimed calls first
-    throughput_batch: int = 32
-    throughput_sentences: int = 512
+    throughput_rounds: int = 2  # alternating passes over the test split, alone and batched
     baselines: bool = True  # the students trained without distillation too
     peers: bool = True  # what a user would run otherwise, built from the teacher
     artifacts: list | None = None  # names to measure (e.g. [teacher, L3-ort-int8-static])

@@ -7,6 +7,11 @@ Latency is wall time from a raw text string to its entities (word splitting, sub
 tokenisation, model, decoding), one sentence at a time, after warm-up, with a fixed
 thread count; each latency is measured over several rounds so its spread shows.
 
+Throughput is the whole test split twice over, in alternating rounds: one text a call, and
+all texts in one call, batched as the runtime batches (every window sorted by length, cut
+into model calls by a budget of padded tokens). The model calls of the batched pass are
+timed apart from the work around them, and their FLOPs, padding included, give its floor.
+
 Nothing here imports torch or transformers at module level: a row of an ONNX Runtime
 artifact is measured in a process that never loads them, so its peak memory is what the
 artifact costs on a box that ships only the lean runtime. The torch-only pieces (the
@@ -28,7 +33,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgener.artifacts import read_json
 from edgener.metrics import entity_scores
 from edgener.text import split_words
 
@@ -61,11 +65,32 @@ class Candidate:
 @dataclass(frozen=True)
 class Settings:
     threads: int
-    eval_batch_size: int
+    batch_tokens: int  # the runtime's budget of padded tokens per model call
     warmup: int
     rounds: int
-    throughput_batch: int
+    throughput_rounds: int
     gemm_gflops: dict  # precision -> measured GFLOP/s (GOP/s for int8)
+
+
+class TimedBackend:
+    """A backend that adds up its calls' wall time, padded positions and FLOPs."""
+
+    def __init__(self, backend, shape: dict):
+        self.backend, self.shape = backend, shape
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.padded_tokens, self.flops = 0.0, 0, 0, 0.0
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        tick = time.perf_counter()
+        logits = self.backend(batch)
+        self.seconds += time.perf_counter() - tick
+        rows, length = batch["input_ids"].shape
+        self.calls += 1
+        self.padded_tokens += rows * length
+        self.flops += rows * flops(self.shape, length)
+        return logits
 
 
 def load(candidate: Candidate, threads: int) -> Predictor:
@@ -126,7 +151,7 @@ def state_dict_mb(model: torch.nn.Module) -> float:
 
 def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]],
             test_tags: list[list[str]], latency_texts: list[str],
-            throughput_texts: list[str], anchor: Candidate | None = None) -> dict:
+            anchor: Candidate | None = None) -> dict:
     """Every number of one report row (in the calling process: run it in a fresh one).
 
     With an `anchor`, its latency rounds alternate with this artifact's in this process,
@@ -135,17 +160,16 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     the memory peak is read, so the peak stays this artifact's own."""
     started = time.perf_counter()
     predictor = load(candidate, settings.threads)
-    predictor.batch_size = settings.eval_batch_size
+    predictor.max_batch_tokens = settings.batch_tokens
     load_s = time.perf_counter() - started
 
     predicted = [tags for tags, _ in predictor.tag(test_words)]
     scores = entity_scores(test_tags, predicted)
 
-    predictor.batch_size = settings.throughput_batch
-    tick = time.perf_counter()
-    for start in range(0, len(throughput_texts), settings.throughput_batch):
-        predictor.predict_batch(throughput_texts[start: start + settings.throughput_batch])
-    throughput = len(throughput_texts) / (time.perf_counter() - tick)
+    shape = model_shape(candidate.model_folder)
+    gflops = settings.gemm_gflops.get(candidate.precision)
+    batching = throughput(predictor, shape, sentence_texts(test_words),
+                          settings.throughput_rounds, gflops)
     peak_rss = peak_rss_mb()
 
     reference = load(anchor, settings.threads) if anchor else None
@@ -159,9 +183,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     every = np.concatenate(rounds)
     round_p50 = [float(np.percentile(r, 50)) for r in rounds]
 
-    shape = model_shape(candidate.model_folder)
     tokens = [token_count(predictor.encoder, text) for text in latency_texts]
-    gflops = settings.gemm_gflops.get(candidate.precision)
     floors = [flops(shape, n) / (gflops * 1e6) for n in tokens] if gflops else None
     return {
         "name": candidate.name,
@@ -183,8 +205,8 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "anchor_p50_rounds_ms": anchor_p50,
         "vs_anchor_rounds": [a / o for a, o in zip(anchor_p50, round_p50, strict=True)]
         if anchor else None,
-        "throughput_sps": throughput,
-        "throughput_batch": settings.throughput_batch,
+        **batching,
+        "batch_tokens": settings.batch_tokens,
         "size_mb": candidate.size_mb,
         "peak_rss_mb": peak_rss,
         "median_tokens": statistics.median(tokens),
@@ -194,6 +216,53 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "imports_torch": "torch" in sys.modules,
         "imports_transformers": "transformers" in sys.modules,
     }
+
+
+def throughput(predictor: Predictor, shape: dict, texts: Sequence[str], rounds: int,
+               gflops: float | None) -> dict:
+    """Sentences/s over `texts` one a call and all in one call (the runtime's batching),
+    in alternating rounds; the batched pass's model time, per-text time and floor; and how
+    many texts got other entities batched than alone (types and spans, or a score moved
+    by more than 1e-3)."""
+    timed = TimedBackend(predictor.backend, shape)
+    predictor.backend = timed
+    alone_s, batched_s, model_s = [], [], []
+    try:
+        for _ in range(rounds):
+            tick = time.perf_counter()
+            alone = [predictor.predict(text) for text in texts]
+            alone_s.append(time.perf_counter() - tick)
+            timed.reset()
+            tick = time.perf_counter()
+            batched = predictor.predict_batch(texts)
+            batched_s.append(time.perf_counter() - tick)
+            model_s.append(timed.seconds)
+    finally:
+        predictor.backend = timed.backend
+    differing = sum(not same_entities(a, b) for a, b in zip(alone, batched, strict=True))
+    batched_total, model = statistics.median(batched_s), statistics.median(model_s)
+    floor_s = timed.flops / (gflops * 1e9) if gflops else None
+    return {
+        "batch1_sps": len(texts) / statistics.median(alone_s),
+        "batched_sps": len(texts) / batched_total,
+        # Paired: each round's two passes ran back to back.
+        "batched_vs_batch1": statistics.median(a / b for a, b in zip(alone_s, batched_s,
+                                                                        strict=True)),
+        "batched_model_s": model,
+        "batched_text_ms": 1000 * (batched_total - model) / len(texts),
+        "batched_calls": timed.calls,
+        "batched_padded_tokens": timed.padded_tokens,
+        "batched_floor_s": floor_s,
+        "batched_floor_ratio": model / floor_s if floor_s else None,
+        "throughput_sentences": len(texts),
+        "batched_differs": differing,
+    }
+
+
+def same_entities(alone: Sequence, batched: Sequence, tolerance: float = 1e-3) -> bool:
+    return len(alone) == len(batched) and all(
+        (a.type, a.start, a.end) == (b.type, b.start, b.end)
+        and abs(a.score - b.score) <= tolerance for a, b in zip(alone, batched, strict=True))
 
 
 def latency_round(predictor: Predictor, texts: Sequence[str]) -> list[float]:
@@ -247,14 +316,15 @@ def source_model_folder(run_dir: Path, source: str) -> Path:
 
 
 def model_shape(folder: Path) -> dict:
+    """The shape FLOPs are counted from, as the artifact's manifest records it (a quantized
+    artifact's, from the model it was made from)."""
     from edgener.predictor import read_artifact_manifest
 
-    config = read_json(folder / "config.json")
     manifest = read_artifact_manifest(folder)
-    return {"layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
-            "intermediate_size": config["intermediate_size"],
-            "labels": len(config.get("id2label") or manifest["labels"]),
-            "params": manifest.get("params")}
+    return {"layers": manifest["layers"], "hidden_size": manifest["hidden_size"],
+            "intermediate_size": manifest["intermediate_size"],
+            "labels": len(manifest["labels"]),
+            "params": manifest.get("params") or manifest.get("source_params")}
 
 
 def flops(shape: dict, tokens: int) -> float:

@@ -24,8 +24,9 @@ from tests.conftest import run_module
 from tests.test_teacher import tiny_args
 
 REQUIRED_KEYS = ("name", "backend", "precision", "is_peer", "test_f1", "p50_ms", "p90_ms",
-                 "p99_ms", "throughput_sps", "size_mb", "peak_rss_mb", "floor_ms",
-                 "speedup_vs_eager")
+                 "p99_ms", "batch1_sps", "batched_sps", "batched_vs_batch1", "batched_model_s",
+                 "batched_text_ms", "batched_differs", "batch_tokens", "size_mb", "peak_rss_mb",
+                 "floor_ms", "speedup_vs_eager")
 
 
 def text_box(label, renderer):
@@ -206,18 +207,20 @@ def test_markdown_shows_the_recommendation_and_no_pass_fail_marks():
     rows = planted_rows()
     for r in rows:
         r |= {"p50_spread_ms": 0.1, "p90_ms": r["p50_ms"],
-              "p99_ms": r["p50_ms"], "throughput_sps": 100.0, "size_mb": 10.0,
-              "peak_rss_mb": 200.0}
+              "p99_ms": r["p50_ms"], "batch1_sps": 100.0, "batched_sps": 170.0,
+              "batched_vs_batch1": 1.7, "batched_floor_ratio": 1.2, "batched_text_ms": 0.05,
+              "batched_differs": 0, "size_mb": 10.0, "peak_rss_mb": 200.0}
     result = {"date": "today", "command": "python -m bench.report", "machine": "a CPU",
               "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
               "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
-                           "throughput_batch": 8},
+                           "throughput_rounds": 2, "batch_tokens": 2048},
               "test_sentences": 80, "rows": rows, "failed": [], "anchored": True,
               "pareto": ["L2-ort-int8-static", "L3-ort-int8-static"], "wall_s": 60.0,
               "recommendation": recommend(rows, 1.5)}
     md = markdown(result)
     assert "## Recommendation" in md
     assert "recommended: L3-ort-int8-static — 10.0x faster than the eager teacher" in md
+    assert "2048 padded tokens a model call" in md and "| 1.70x | 1.2 | 0.050 | 0 |" in md
     assert "target" not in md.lower() and "issue" not in md.lower() and "missed" not in md
 
 
@@ -270,8 +273,8 @@ def reported(tmp_path_factory, tiny_bert, conll_dir) -> Path:
     assert quantized.returncode == 0, quantized.stdout[-3000:] + quantized.stderr[-3000:]
     result = run_module("bench.report", "run=r", f"data_dir={conll_dir.parent}",
                         "threads=1", "test_limit=80", "latency_sentences=12",
-                        "latency_rounds=2", "warmup=2", "throughput_sentences=16",
-                        "throughput_batch=8", cwd=workdir, timeout=600)
+                        "latency_rounds=2", "warmup=2", "throughput_rounds=1",
+                        "batch_tokens=256", cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (workdir / "report.out").write_text(result.stdout, encoding="utf-8")
     return workdir / "runs" / "r"
@@ -296,6 +299,24 @@ def test_report_files_are_written_and_parse(reported):
     md = (reported / "report" / "report.md").read_text()
     assert all(f"| {name}" in md or f"**{name}" in md for name in names)
     assert (reported / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "256 padded tokens a model call" in md and "sent/s batched" in md
+
+
+@pytest.mark.slow
+def test_report_batches_as_the_runtime_does_and_counts_what_batching_changed(reported):
+    """The batched pass runs the whole split through the runtime's token budget: calls of
+    at most 256 padded positions (a window is at most 128), model time inside the pass's
+    time; the published artifacts give every test text the same entities batched as
+    alone."""
+    rows = {r["name"]: r for r in json.loads((reported / "report" / "report.json").read_text())
+            ["rows"]}
+    for name, r in rows.items():
+        assert r["batch_tokens"] == 256 and r["throughput_sentences"] == 80, name
+        assert r["batched_padded_tokens"] <= 256 * r["batched_calls"], name
+        assert 0 < r["batched_model_s"] < 80 / r["batched_sps"], name
+        assert r["batched_text_ms"] > 0 and r["batched_floor_s"] > 0, name
+    for name in ("teacher", "teacher-onnx-fp32", "teacher-ort-int8-dynamic"):
+        assert rows[name]["batched_differs"] == 0, name
 
 
 @pytest.mark.slow
