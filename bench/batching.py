@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [int(b) for b in args.budgets.split(",")]
     texts = sentence_texts([s.words for s in read_conll(Path(args.test_file))])
     runs: dict[int, list[dict]] = {budget: [] for budget in budgets}
-    with console.status("tagging") as status:
-        for round_index in range(args.rounds):
-            for budget in budgets if round_index % 2 == 0 else budgets[::-1]:
-                status.update(f"round {round_index + 1}/{args.rounds}: budget {budget}")
-                runs[budget].append(isolated(batched_pass, folder, texts, budget,
-                                             args.threads))
+    # No spinner while a pass runs: its redraws would preempt the pass's threads.
+    for round_index in range(args.rounds):
+        for budget in budgets if round_index % 2 == 0 else budgets[::-1]:
+            runs[budget].append(isolated(batched_pass, folder, texts, budget, args.threads))
+            console.print(f"round {round_index + 1}/{args.rounds}, {budget} tokens a call: "
+                          f"{runs[budget][-1]['model_s']:.2f} s in the model")
 
     table = Table(title=f"{folder.name}: {len(texts)} texts in one call, {args.threads} "
                         f"threads, median of {args.rounds} rounds")

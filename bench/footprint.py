@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgener.cli import print_wide, run_cli
+from edgener.cli import CHUNK_LINES, print_wide, run_cli
 from edgener.data import DATA_DIR_ENV
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                         "a temporary folder, removed after)")
     parser.add_argument("--starts", type=int, default=5, help="cold starts per artifact")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=256, help="texts per batched call")
+    parser.add_argument("--chunk", type=int, default=CHUNK_LINES,
+                        help="texts per batched call (default: as `edge-ner label` reads)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     test_file = Path(args.data_dir) / args.dataset / "test.txt"

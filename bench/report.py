@@ -108,13 +108,15 @@ def report(config: ReportConfig, command: str) -> int:
 
     anchor = next((c for c in candidates if c.kind == ORT_DYNAMIC_INT8), None)
     rows, failed = [], []
+    # Redrawn only between rows: a bar refreshing while a row is timed wakes this process
+    # ten times a second, and on two cores that preempts the row's ONNX Runtime threads.
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+                  TimeElapsedColumn(), console=console, auto_refresh=False) as progress:
         task = progress.add_task("measuring", total=len(candidates))
         # The anchor first: every other row loads it, so if it cannot be measured, the
         # rest are timed without it rather than all failing.
         for candidate in sorted(candidates, key=lambda c: c is not anchor):
-            progress.update(task, description=f"measuring {candidate.name}")
+            progress.update(task, description=f"measuring {candidate.name}", refresh=True)
             tick = time.time()
             try:
                 row = isolated(measure, candidate, settings, words, tags, latency_texts,
@@ -129,6 +131,7 @@ def report(config: ReportConfig, command: str) -> int:
                 rows.append(row | {"source": candidate.source,
                                    "measure_s": round(time.time() - tick, 1)})
             progress.advance(task)
+            progress.refresh()
 
     order = [c.name for c in candidates]
     rows.sort(key=lambda r: order.index(r["name"]))

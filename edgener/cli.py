@@ -40,7 +40,7 @@ STAGE_COMMANDS = {
     "report": ("bench.report", "latency against F1 of every artifact (needs edge-ner[all])"),
 }
 # Lines read from a stream per call: enough that sorting their windows by length keeps the
-# padding small (CoNLL-2003 sentences average ~19 tokens: ~10 model calls of 2,048), never
+# padding small (CoNLL-2003 sentences average ~19 tokens: ~40 model calls of 512), never
 # the whole input in memory.
 CHUNK_LINES = 1024
 

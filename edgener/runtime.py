@@ -22,10 +22,11 @@ from edgener.encoding import Encoder, gather_word_logits, pad_arrays, token_batc
 from edgener.metrics import entity_scores
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Padded positions per model call (rows x the longest row). Chosen on the 2-core test
-# machine (docs/results.md): L3's INT8 tagged CoNLL-2003 test fastest at 2,048, where ONNX
-# Runtime's arena, which keeps the largest call's activations, stays small.
-BATCH_TOKENS = 2048
+# Padded positions per model call (rows x the longest row). Measured on the 2-core test
+# machine (bench.batching, docs/results.md): tagging CoNLL-2003 test, L3's INT8 artifacts
+# ran within noise of their fastest from 512 to 2,048, while ONNX Runtime's arena, which
+# keeps the largest call's activations, took peak memory from 156 MB to 240 MB.
+BATCH_TOKENS = 512
 Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
