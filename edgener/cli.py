@@ -5,6 +5,7 @@ print one line, never a traceback).
     edge-ner label ARTIFACT notes.txt --output notes.jsonl
     edge-ner evaluate ARTIFACT test.txt
     edge-ner info ARTIFACT
+    edge-ner serve ARTIFACT --port 8080   (an HTTP service; needs edge-ner[serve])
     edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
 
 Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
@@ -303,6 +304,20 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(args: argparse.Namespace) -> int:
+    from edgener.predictor import read_artifact_manifest
+
+    read_artifact_manifest(Path(args.artifact))  # a wrong folder fails now, in one line
+    with needs_extra("edge-ner serve"):
+        from edgener.serving import ServeConfig, serve
+
+    config = ServeConfig(threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_text_chars=args.max_text_chars, max_texts=args.max_texts,
+                         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_ms / 1000)
+    return serve(args.artifact, args.host, args.port, config, args.log_json)
+
+
 def scores_table(scores: dict, title: str):
     """Precision, recall, F1 (%) and gold entities per type, then over all types."""
     from rich.table import Table
@@ -424,6 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    serve = artifact_command("serve", "serve an artifact over HTTP: POST /v1/entities, "
+                             "/healthz, /v1/model, /metrics, /openapi.json (needs "
+                             "edge-ner[serve])", command_serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                       help="how long a request may wait for others to share its model call "
+                       "(default 5; 0: every request a model call of its own)")
+    serve.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
+                       help="requests waiting for the model before new ones get 503")
+    serve.add_argument("--max-text-chars", type=positive_int, default=100_000, metavar="N")
+    serve.add_argument("--max-texts", type=positive_int, default=256, metavar="N",
+                       help="texts in one request")
+    serve.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N")
+    serve.add_argument("--timeout-ms", type=positive_int, default=30_000, metavar="MS",
+                       help="a request not answered by then gets 504")
+    serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
     info = commands.add_parser("info", help="what an artifact is and what it scores")
     info.add_argument("artifact")
     info.add_argument("--verify", action="store_true",

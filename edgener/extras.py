@@ -16,6 +16,7 @@ EXTRA_OF_MODULE = {
     "onnx": "quantize", "neural_compressor": "quantize",
     "matplotlib": "report",
     "torch_tensorrt": "tensorrt", "tensorrt": "tensorrt",
+    "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
 }
 
 

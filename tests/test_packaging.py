@@ -49,7 +49,10 @@ def test_the_base_install_is_the_runtime_alone():
     assert base == {"onnxruntime", "tokenizers", "numpy", "rich"}
     extras = project["optional-dependencies"]
     assert any(r.startswith("torch==") for r in extras["train"])
-    assert {"train", "quantize", "report", "tensorrt", "all", "dev"} <= set(extras)
+    assert {"train", "quantize", "report", "serve", "tensorrt", "all", "dev"} <= set(extras)
+    # The service's extra is the ASGI stack and the metrics client, nothing heavy.
+    serve = {r.split(">")[0].split("=")[0] for r in extras["serve"]}
+    assert serve == {"starlette", "uvicorn", "prometheus-client"}
 
 
 def test_a_run_is_a_name_never_a_path(tmp_path):

@@ -1,0 +1,358 @@
+"""`edge-ner serve`: a real server on a loopback port, started by each test, and a real HTTP
+client (the standard library's), against tiny artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgener.artifacts import read_json, write_json_atomic
+from edgener.predictor import Predictor
+from edgener.runtime import batch_invariance
+from tests.test_cli import edge_ner
+from tests.test_predictor import TEXTS, artifacts  # noqa: F401 (a fixture)
+
+EDGE_NER = Path(sys.executable).parent / "edge-ner"
+MORE_TEXTS = [*TEXTS, "", "Rome", "Zoë Müller flew from São Paulo to Kraków.",
+              "Angela Merkel visited Paris . " * 12]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(port: int, method: str, path: str, body: bytes | dict | None = None,
+         headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, object]:
+    """(status, headers, parsed JSON or text) of one request on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        connection.request(method, path, body=data, headers=headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+        kind = response.getheader("content-type", "")
+        parsed = json.loads(raw) if kind.startswith("application/json") else raw.decode()
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        connection.close()
+
+
+def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    until = time.time() + timeout
+    while time.time() < until:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.log_path.read_text()[-2000:]}")
+        try:
+            if call(port, "GET", "/healthz", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server did not become ready")
+
+
+@contextmanager
+def running(folder: Path, *options: str):
+    """`edge-ner serve` in a subprocess on a free loopback port; yields (port, process).
+    Its log goes to a file (process.log_path): a pipe nobody reads would fill with the
+    request lines and stall the server."""
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp()) / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(EDGE_NER), "serve", str(folder), "--port", str(port),
+                                    "--threads", "1", *options],
+                                   stdout=subprocess.DEVNULL, stderr=log)
+    process.log_path = log_path
+    try:
+        wait_ready(port, process)
+        yield port, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def invariant_artifact(artifacts, tmp_path_factory) -> Path:  # noqa: F811
+    """The tiny dynamic INT8 artifact, its manifest carrying the batch-invariance check the
+    quantize stage records (measured here), so the server may share model calls."""
+    folder = tmp_path_factory.mktemp("served") / "onnx-int8"
+    shutil.copytree(artifacts["onnx-int8"], folder)
+    predictor = Predictor.from_folder(folder, threads=1)
+    check = batch_invariance(predictor.backend, predictor.encoder,
+                             [t.split() for t in MORE_TEXTS if t] * 4)
+    assert check["invariant"]
+    manifest = read_json(folder / "manifest.json") | {"batch_invariance": check,
+                                                       "name": "tiny-int8"}
+    write_json_atomic(folder / "manifest.json", manifest)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(invariant_artifact):
+    with running(invariant_artifact, "--max-wait-ms", "20") as (port, _):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def expected(invariant_artifact) -> dict[str, list[dict]]:
+    predictor = Predictor.from_folder(invariant_artifact, threads=1)
+    return {text: [e.as_dict() for e in predictor.predict(text)] for text in MORE_TEXTS}
+
+
+def test_entities_are_the_runtime_entities_and_texts_keep_their_order(server, expected):
+    assert any(expected[text] for text in MORE_TEXTS)  # something to compare
+    for text in MORE_TEXTS:
+        status, _, answer = call(server, "POST", "/v1/entities", {"text": text})
+        assert status == 200 and answer == {"entities": expected[text]}, text
+    order = MORE_TEXTS[::-1]
+    status, _, answer = call(server, "POST", "/v1/entities", {"texts": order})
+    assert status == 200 and answer == {"results": [expected[t] for t in order]}
+    assert call(server, "POST", "/v1/entities", {"texts": []})[2] == {"results": []}
+
+
+def test_concurrent_clients_each_get_their_own_entities_from_shared_model_calls(
+        server, expected):
+    def client(index: int) -> list[tuple]:
+        mismatches = []
+        for round_index in range(6):
+            texts = [MORE_TEXTS[(index + round_index + k) % len(MORE_TEXTS)]
+                     for k in range(1 + index % 3)]
+            status, _, answer = call(server, "POST", "/v1/entities", {"texts": texts})
+            if status != 200 or answer["results"] != [expected[t] for t in texts]:
+                mismatches.append((index, status, texts))
+        return mismatches
+
+    with ThreadPoolExecutor(16) as pool:
+        assert [m for found in pool.map(client, range(16)) for m in found] == []
+    # Micro-batching batched: some model call served more than one request.
+    metrics = call(server, "GET", "/metrics")[2]
+    calls = metric(metrics, "edge_ner_batch_requests_count")
+    single = metric(metrics, 'edge_ner_batch_requests_bucket{le="1.0"}')
+    assert calls > 0 and calls - single > 0, (calls, single)
+
+
+def metric(text: str, series: str) -> float:
+    """The value of one series (name and labels as Prometheus prints them)."""
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith(series + " "))
+
+
+def test_health_model_card_metrics_and_openapi(server, invariant_artifact):
+    assert call(server, "GET", "/healthz")[:3:2] == (200, {"status": "ok"})
+    status, _, card = call(server, "GET", "/v1/model")
+    assert status == 200 and card["name"] == "tiny-int8" and card["backend"] == "onnxruntime"
+    assert card["precision"] == "int8" and card["batch_invariant"] is True
+    assert card["labels"][0] == "O" and "PER" in card["entity_types"]
+    status, headers, text = call(server, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    for name in ("edge_ner_requests_total", "edge_ner_request_seconds_bucket",
+                 "edge_ner_model_call_seconds_bucket", "edge_ner_batch_requests_bucket",
+                 "edge_ner_queue_depth"):
+        assert name in text, name
+    assert 'path="/v1/entities",status="200"' in text
+    status, _, document = call(server, "GET", "/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {"/v1/entities", "/healthz", "/v1/model", "/metrics"}
+    assert "post" in document["paths"]["/v1/entities"]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 422, '"text" or "texts"'),
+    (b'{"text": 3}', 422, '"text" must be a string'),
+    (b'{"texts": ["a", 2]}', 422, '"texts" must be a list of strings'),
+    (b'{"texts": "abc"}', 422, '"texts" must be a list of strings'),
+    (b"{}", 422, "exactly one of"),
+    (b'{"text": "a", "texts": ["b"]}', 422, "exactly one of"),
+    (b'{"txt": "a"}', 422, "unknown field 'txt'"),
+    (b'{"texts": ["ok", "\\ud800"]}', 422, '"texts"[1] is not valid Unicode'),
+    (b"[" * 100_000, 413, "--max-body-bytes"),
+    (b"[" * 1500, 400, "not valid JSON"),
+    (b'{"text": "' + b"a" * 600 + b'"}', 413, "limit is 500 (--max-text-chars)"),
+    (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "limit is 4 (--max-texts)"),
+    (b'{"text": "' + b"a" * 3000 + b'"}', 413, "limit is 2000 (--max-body-bytes)"),
+])
+def test_bad_input_is_a_json_error_naming_what_is_wrong(limited_server, body, status, words):
+    got, _, answer = call(limited_server, "POST", "/v1/entities", body,
+                          {"content-type": "application/json"})
+    assert got == status and words in answer["error"], answer
+
+
+@pytest.fixture(scope="module")
+def limited_server(invariant_artifact):
+    with running(invariant_artifact, "--max-text-chars", "500", "--max-texts", "4",
+                 "--max-body-bytes", "2000") as (port, _):
+        yield port
+
+
+def test_a_streamed_body_over_the_limit_is_refused_before_it_is_read_whole(limited_server):
+    """No Content-Length (chunked): refused once 2,000 bytes have come in, not at the end."""
+    connection = http.client.HTTPConnection("127.0.0.1", limited_server, timeout=30)
+    connection.putrequest("POST", "/v1/entities")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    sent = 0
+    try:
+        for _ in range(1000):  # up to 1 MB, if it kept reading
+            piece = b'{"text": "' if sent == 0 else b"a" * 1000
+            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sent += len(piece)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    response = connection.getresponse()
+    assert response.status == 413 and "--max-body-bytes" in json.loads(response.read())["error"]
+    assert sent < 1_000_000
+    connection.close()
+
+
+def test_wrong_method_and_unknown_path_are_json_errors(server):
+    status, headers, answer = call(server, "GET", "/v1/entities")
+    assert status == 405 and "error" in answer and "POST" in headers.get("allow", "")
+    status, _, answer = call(server, "GET", "/v2/nothing")
+    assert status == 404 and "error" in answer
+
+
+def test_a_full_queue_is_503_with_retry_after_and_a_late_answer_is_504(invariant_artifact):
+    with running(invariant_artifact, "--max-queue", "1", "--max-wait-ms", "300") as (port, _):
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: call(port, "POST", "/v1/entities",
+                                                   {"text": "Rome"}), range(6)))
+        busy = [a for a in answers if a[0] == 503]
+        assert busy and all(a[1].get("retry-after") == "1" for a in busy), answers
+        assert all("busy" in a[2]["error"] for a in busy)
+        assert any(a[0] == 200 for a in answers)
+    with running(invariant_artifact, "--max-wait-ms", "300", "--timeout-ms", "50") as (port, _):
+        status, _, answer = call(port, "POST", "/v1/entities", {"text": "Rome"})
+        assert status == 504 and "deadline" in answer["error"]
+        assert call(port, "GET", "/healthz")[0] == 200
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.binary(max_size=300),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                 | st.text(max_size=40), lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.sampled_from(["text", "texts", "x"]) | st.text(max_size=5),
+                                   inner, max_size=3), max_leaves=8).map(
+        lambda value: json.dumps(value).encode()),
+    st.fixed_dictionaries({"text": st.text(max_size=300)}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"texts": st.lists(st.text(max_size=80), max_size=6)}).map(
+        lambda v: json.dumps(v).encode())))
+def test_fuzzed_bodies_never_get_a_server_error(limited_server, body):
+    status, _, answer = call(limited_server, "POST", "/v1/entities", body)
+    assert status < 500, (status, answer)
+    assert isinstance(answer, dict) and ("error" in answer) == (status != 200)
+
+
+def test_bounded_load_has_no_errors(server):
+    """32 clients, 2,000 requests, within two minutes."""
+    started = time.time()
+
+    def client(index: int) -> list[int]:
+        statuses = []
+        for k in range(index, 2000, 32):
+            statuses.append(call(server, "POST", "/v1/entities",
+                                 {"text": MORE_TEXTS[k % len(MORE_TEXTS)]})[0])
+        return statuses
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = [s for found in pool.map(client, range(32)) for s in found]
+    assert len(statuses) == 2000 and set(statuses) == {200}
+    assert time.time() - started < 120
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits_0(invariant_artifact, expected):
+    texts = [MORE_TEXTS[i % len(MORE_TEXTS)] for i in range(8)]
+    with running(invariant_artifact, "--max-wait-ms", "500") as (port, process):
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(call, port, "POST", "/v1/entities", {"text": text})
+                       for text in texts]
+            time.sleep(0.2)  # all of them now wait in the collector
+            process.send_signal(signal.SIGTERM)
+            answers = [future.result() for future in futures]
+        assert process.wait(timeout=30) == 0
+    assert [a[0] for a in answers] == [200] * 8
+    assert [a[2]["entities"] for a in answers] == [expected[t] for t in texts]
+
+
+def test_requests_log_one_line_each_without_the_texts(invariant_artifact):
+    with running(invariant_artifact, "--log-json") as (port, process):
+        call(port, "POST", "/v1/entities", {"texts": ["Secret Person lives here", "x"]})
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    log = process.log_path.read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    entry = next(line for line in lines if line.get("path") == "/v1/entities")
+    assert entry["method"] == "POST" and entry["status"] == 200 and entry["texts"] == 2
+    assert entry["ms"] > 0 and "Secret" not in log
+
+
+# A failing model call, planted in-process: the same app on uvicorn in a thread.
+
+
+@pytest.fixture
+def planted_failure(invariant_artifact):
+    """A server whose model raises for any batch holding a window over 12 tokens."""
+    import uvicorn
+
+    from edgener.serving import ServeConfig, create_app
+
+    predictor = Predictor.from_folder(invariant_artifact, threads=1)
+    backend = predictor.backend
+
+    def failing(batch):
+        if batch["input_ids"].shape[1] > 12:
+            raise RuntimeError("planted failure")
+        return backend(batch)
+
+    predictor.backend = failing
+    port = free_port()
+    app = create_app(lambda: predictor, ServeConfig(max_wait_ms=0, warmup_texts=("Rome",)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
+    thread.start()
+    wait_ready(port)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_a_failing_model_call_fails_its_requests_and_the_server_goes_on(planted_failure):
+    status, _, answer = call(planted_failure, "POST", "/v1/entities",
+                             {"text": "Angela Merkel visited Paris with Bob . " * 4})
+    assert status == 500 and answer["error"] == "the model call failed: planted failure"
+    status, _, answer = call(planted_failure, "POST", "/v1/entities", {"text": "Rome"})
+    assert status == 200 and "entities" in answer
+    assert call(planted_failure, "GET", "/healthz")[0] == 200
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(invariant_artifact, tmp_path):
+    result = edge_ner("serve", str(invariant_artifact), cwd=tmp_path, lean=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "pip install 'edge-ner[serve]'" in result.stderr
+    missing = edge_ner("serve", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert missing.returncode == 1 and "no artifact at" in missing.stderr
