@@ -83,10 +83,11 @@ def scrape(port: int) -> dict[str, float]:
             if line.split(" ")[0] in wanted}
 
 
-def start_server(folder: Path, port: int, threads: int, wait_ms: float) -> subprocess.Popen:
+def start_server(folder: Path, port: int, threads: int, wait_ms: float,
+                 extra: list[str]) -> subprocess.Popen:
     process = subprocess.Popen([str(EDGE_NER), "serve", str(folder), "--port", str(port),
                                 "--threads", str(threads), "--max-wait-ms", str(wait_ms),
-                                "--max-queue", "1024"],
+                                "--max-queue", "1024", *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import http.client
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-ms", type=float, default=5.0,
                         help="--max-wait-ms of the micro-batching server")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
+                        help="passed on to edge-ner serve (last)")
     args = parser.parse_args(argv)
     folder = Path(args.artifact)
     texts = sentence_texts([s.words for s in read_conll(Path(args.test_file))])
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{reference['batched_sps']:.0f} sentences/s")
     rows = []
     for mode, wait_ms in (("micro-batching", args.wait_ms), ("off", 0.0)):
-        process = start_server(folder, args.port, args.threads, wait_ms)
+        process = start_server(folder, args.port, args.threads, wait_ms, args.server_args)
         try:
             asyncio.run(load(args.port, texts, 4, 200))  # warm-up
             for concurrency in levels:

@@ -314,7 +314,8 @@ def command_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(threads=args.threads, max_batch_tokens=args.max_batch_tokens,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_text_chars=args.max_text_chars, max_texts=args.max_texts,
-                         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_ms / 1000)
+                         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_ms / 1000,
+                         spinning=args.spinning)
     return serve(args.artifact, args.host, args.port, config, args.log_json)
 
 
@@ -456,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N")
     serve.add_argument("--timeout-ms", type=positive_int, default=30_000, metavar="MS",
                        help="a request not answered by then gets 504")
+    serve.add_argument("--spinning", action="store_true",
+                       help="let ONNX Runtime's threads spin between operators (faster on "
+                       "cores the server does not share; off by default)")
     serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
     info = commands.add_parser("info", help="what an artifact is and what it scores")
     info.add_argument("artifact")

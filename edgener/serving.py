@@ -64,6 +64,9 @@ class ServeConfig:
     max_texts: int = 256  # texts in one request
     max_body_bytes: int = 1_000_000
     timeout_s: float = 30.0  # a request not answered by then gets 504
+    # ONNX Runtime's worker threads spin between operators by default: fastest on idle
+    # cores, but here they share the cores with the event loop that parses the requests.
+    spinning: bool = False
     warmup_texts: tuple[str, ...] = ("EU rejects German call to boycott British lamb .",) * 4
 
 
@@ -115,6 +118,8 @@ class Batcher:
         self.mix = predictor.batch_invariant
         self.queue: deque[Job] = deque()
         self.arrival = asyncio.Event()
+        # Requests being read and parsed, not yet queued: the ones worth waiting for.
+        self.incoming = 0
         # One model thread: ONNX Runtime parallelises inside a call; two calls at once
         # would only fight over the same cores.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -155,7 +160,8 @@ class Batcher:
 
     async def gather(self, loop: asyncio.AbstractEventLoop) -> list[Job]:
         """The oldest waiting request and all that join it within max_wait_ms of its
-        arrival, stopping early once their texts would fill a model call."""
+        arrival, stopping early once their texts would fill a model call or no other
+        request is on its way (so a lone request never waits)."""
         wait = self.config.max_wait_ms / 1000
         if wait <= 0:
             return [self.queue.popleft()]
@@ -165,7 +171,7 @@ class Batcher:
         def queued_chars() -> int:  # [CLS] and [SEP] count too
             return sum(len(t) + 2 * CHARS_PER_TOKEN for job in self.queue for t in job.texts)
 
-        while loop.time() < until and queued_chars() < budget_chars:
+        while self.incoming and loop.time() < until and queued_chars() < budget_chars:
             self.arrival.clear()
             try:
                 await asyncio.wait_for(self.arrival.wait(), until - loop.time())
@@ -281,9 +287,16 @@ def create_app(load: Callable[[], Predictor], config: ServeConfig) -> Starlette:
         if state.batcher is None:
             raise ApiError(503, state.load_error or "the model is still loading; retry "
                            "shortly", {"Retry-After": "1"})
-        texts, single = parse_texts(await read_body(request, config.max_body_bytes), config)
-        request.state.texts = len(texts)
-        future = state.batcher.submit(texts)
+        batcher = state.batcher
+        batcher.incoming += 1
+        try:
+            texts, single = parse_texts(await read_body(request, config.max_body_bytes),
+                                        config)
+            request.state.texts = len(texts)
+            future = batcher.submit(texts)
+        finally:
+            batcher.incoming -= 1
+            batcher.arrival.set()  # a request the collector may be waiting for is settled
         try:
             found = await asyncio.wait_for(asyncio.shield(future), config.timeout_s)
         except asyncio.TimeoutError:
@@ -504,21 +517,36 @@ def openapi_document(config: ServeConfig) -> dict:
 def serve(folder: str | Path, host: str, port: int, config: ServeConfig,
           log_json: bool = False) -> int:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
-    from edgener.predictor import load_predictor
-
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter(log_json))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
-    app = create_app(lambda: load_predictor(folder, config.threads, config.max_batch_tokens),
-                     config)
+    app = create_app(lambda: load_served(Path(folder), config), config)
     server = GracefulServer(uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=max(1, round(config.timeout_s))))
     log.info("listening on http://%s:%d", host, port)
     server.run()
     return 0
+
+
+def load_served(folder: Path, config: ServeConfig) -> Predictor:
+    """The artifact's Predictor, an ONNX model in a session whose threads spin or not as
+    configured (other backends as the runtime loads them)."""
+    from edgener.predictor import read_artifact_manifest
+    from edgener.runtime import OnnxBackend
+
+    backend = None
+    if read_artifact_manifest(folder).get("backend") == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if not config.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        backend = OnnxBackend(folder / "model.onnx", config.threads, options)
+    return Predictor.from_folder(folder, config.threads, backend=backend,
+                                 max_batch_tokens=config.max_batch_tokens)
 
 
 class GracefulServer(uvicorn.Server):

@@ -31,6 +31,7 @@ from tests.test_predictor import TEXTS, artifacts  # noqa: F401 (a fixture)
 EDGE_NER = Path(sys.executable).parent / "edge-ner"
 MORE_TEXTS = [*TEXTS, "", "Rome", "Zoë Müller flew from São Paulo to Kraków.",
               "Angela Merkel visited Paris . " * 12]
+LONG_TEXT = "Angela Merkel visited Paris with Bob on Monday . " * 1800  # ~90,000 characters
 
 
 def free_port() -> int:
@@ -243,10 +244,21 @@ def test_a_full_queue_is_503_with_retry_after_and_a_late_answer_is_504(invariant
         assert busy and all(a[1].get("retry-after") == "1" for a in busy), answers
         assert all("busy" in a[2]["error"] for a in busy)
         assert any(a[0] == 200 for a in answers)
-    with running(invariant_artifact, "--max-wait-ms", "300", "--timeout-ms", "50") as (port, _):
-        status, _, answer = call(port, "POST", "/v1/entities", {"text": "Rome"})
+    # A text of thousands of windows keeps the model busy well past a 50 ms deadline.
+    with running(invariant_artifact, "--timeout-ms", "50") as (port, _):
+        status, _, answer = call(port, "POST", "/v1/entities", {"text": LONG_TEXT})
         assert status == 504 and "deadline" in answer["error"]
         assert call(port, "GET", "/healthz")[0] == 200
+
+
+def test_a_lone_request_does_not_wait_for_company(invariant_artifact):
+    """Coalescing waits only while other requests are on their way: alone, a request runs
+    at once, however long --max-wait-ms is (here 5 s)."""
+    with running(invariant_artifact, "--max-wait-ms", "5000") as (port, _):
+        tick = time.perf_counter()
+        for _ in range(3):
+            assert call(port, "POST", "/v1/entities", {"text": "Rome"})[0] == 200
+        assert time.perf_counter() - tick < 5
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -285,17 +297,20 @@ def test_bounded_load_has_no_errors(server):
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(invariant_artifact, expected):
-    texts = [MORE_TEXTS[i % len(MORE_TEXTS)] for i in range(8)]
-    with running(invariant_artifact, "--max-wait-ms", "500") as (port, process):
-        with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(call, port, "POST", "/v1/entities", {"text": text})
-                       for text in texts]
-            time.sleep(0.2)  # all of them now wait in the collector
+    """Long texts keep the requests in the model for a while; SIGTERM comes while they are
+    there, and every one of them is answered in full before the process exits 0."""
+    with running(invariant_artifact) as (port, process):
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(call, port, "POST", "/v1/entities",
+                                   {"texts": [LONG_TEXT, text]}, timeout=120)
+                       for text in MORE_TEXTS[:6]]
+            time.sleep(0.5)
+            assert not all(future.done() for future in futures)  # still in flight
             process.send_signal(signal.SIGTERM)
             answers = [future.result() for future in futures]
-        assert process.wait(timeout=30) == 0
-    assert [a[0] for a in answers] == [200] * 8
-    assert [a[2]["entities"] for a in answers] == [expected[t] for t in texts]
+        assert process.wait(timeout=60) == 0
+    assert [a[0] for a in answers] == [200] * 6
+    assert [a[2]["results"][1] for a in answers] == [expected[t] for t in MORE_TEXTS[:6]]
 
 
 def test_requests_log_one_line_each_without_the_texts(invariant_artifact):
