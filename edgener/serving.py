@@ -9,9 +9,10 @@ ASGI stack FastAPI itself runs on, without pydantic (the request schema is two f
 the OpenAPI document is written out below).
 
 Requests wait in one bounded queue. A collector takes everything that arrived within
-`max_wait_ms` of the oldest waiting request (or less, once the queued texts would fill a
-model call) and runs it as one `predict_batch` in the model's own thread, off the event
-loop; each request gets back only its own texts' entities. That is safe only where the
+`max_wait_ms` of the oldest waiting request (less, once the queued texts would fill a
+model call or no other request is being read, so a lone request never waits) and runs it
+as one `predict_batch` in the model's own thread, off the event loop; each request gets
+back only its own texts' entities. That is safe only where the
 artifact's manifest records it batch-invariant (a text's entities the same whatever it is
 batched with); otherwise each request keeps model calls of its own.
 """
