@@ -53,6 +53,7 @@ from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
 from quantize.onnx_export import ParityError, compare, export_onnx
 
 HINT = "make teacher"
+FAILURES = "failures.json"  # runs/<run>/quantized/: variants that failed, and why
 SHAPE_KEYS = ("architecture", "layers", "hidden_size", "heads", "intermediate_size")
 
 
@@ -135,8 +136,12 @@ def quantize(config: QuantizeConfig, fresh: bool) -> int:
         source = Source(name, folder, model.eval(), tokenizer, labels, manifest, encoder,
                         run_dir / ".quantize-work" / name)
         rows += quantize_model(source, config, variants, splits, run_dir / "quantized", fresh)
+    failed = [row for row in rows if "failed" in row]
+    # The run's record of what could not be built (an empty list once all were).
+    (run_dir / "quantized").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "quantized" / FAILURES, failed)
     print_summary(rows, run_dir / "quantized")
-    return 0
+    return 1 if failed else 0
 
 
 def find_models(run_dir: Path, names: list | None) -> list[tuple[str, Path]]:
@@ -209,20 +214,27 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
             rows.append(manifest)
             continue
         started = time.time()
-        with console.status(f"  building {variant}"):
-            built = build_variant(variant, source, config, plain, splits, min_f1,
-                                  parity=parity, reference=reference)
-        valid = evaluate(built.runtime, source, splits["valid"], config)
-        test = evaluate(built.runtime, source, splits["test"], config)
-        seconds = time.time() - started
-        built.details["latency"] = batch1_latency(built.runtime, source, splits["valid"],
-                                                  config.threads)
-        built.details["batch_invariance"] = batch_invariance(
-            built.runtime, source.encoder,
-            [s.words for s in splits["valid"][: config.invariance_sentences]],
-            config.eval_batch_tokens)
-        manifest = publish(out_dir, built, source, config, variant_id(variant), valid, test,
-                           reference, min_f1, seconds)
+        try:
+            with console.status(f"  building {variant}"):
+                built = build_variant(variant, source, config, plain, splits, min_f1,
+                                      parity=parity, reference=reference)
+            valid = evaluate(built.runtime, source, splits["valid"], config)
+            test = evaluate(built.runtime, source, splits["test"], config)
+            seconds = time.time() - started
+            built.details["latency"] = batch1_latency(built.runtime, source,
+                                                      splits["valid"], config.threads)
+            built.details["batch_invariance"] = batch_invariance(
+                built.runtime, source.encoder,
+                [s.words for s in splits["valid"][: config.invariance_sentences]],
+                config.eval_batch_tokens)
+            manifest = publish(out_dir, built, source, config, variant_id(variant), valid,
+                               test, reference, min_f1, seconds)
+        except Exception as error:  # one variant's failure must not cost the others
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            console.print(f"  [red]{out_dir.name} failed[/]: {reason}", soft_wrap=True)
+            rows.append({"name": out_dir.name, "model": source.name, "variant": variant,
+                         "failed": f"{type(error).__name__}: {reason}"})
+            continue
         console.print(f"  {out_dir.name}: valid F1 {100 * valid['f1']:.2f} "
                       f"({100 * (valid['f1'] - reference):+.2f}), {manifest['size_mb']:.1f} MB, "
                       + ("within budget" if manifest["within_budget"] else
@@ -428,11 +440,20 @@ def print_summary(rows: list[dict], where: Path) -> None:
     for column in ("size", "valid F1", "change", "verdict"):
         table.add_column(column, justify="left" if column == "verdict" else "right",
                          no_wrap=True)
+    built = [row for row in rows if "failed" not in row]
     for row in rows:
+        if "failed" in row:
+            table.add_row(row["name"], "–", "–", "–", f"[red]FAILED[/]: {row['failed']}")
+            continue
         verdict = "[green]ok[/]" if row["within_budget"] else "[red]OVER BUDGET[/]"
         table.add_row(row["name"], f"{row['size_mb']:.1f} MB", f"{100 * row['valid_f1']:.2f}",
                       f"{100 * row['f1_change']:+.2f}", verdict)
     console.print(table)
+    failed = [row["name"] for row in rows if "failed" in row]
+    if failed:
+        console.print(f"[red]{len(failed)} variant(s) failed[/]: {', '.join(failed)} (the "
+                      f"others were built; reasons in {where / FAILURES})", soft_wrap=True)
+    rows = built
     for note in filter(None, map(precision_note, rows)):
         console.print(f"[yellow]{note}[/]", soft_wrap=True)
     over = [row["name"] for row in rows if not row["within_budget"]]

@@ -4,6 +4,7 @@ stage end to end on a tiny teacher trained on a CoNLL-2003 slice."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +348,39 @@ def test_rerun_builds_nothing_and_skips_the_export(tiny_run, conll_dir, monkeypa
     assert build.main([*args, "variants=[ort-int8-dynamic]"]) == 0
     assert "teacher-ort-int8-dynamic: up to date" in capsys.readouterr().out
     assert (folder / "manifest.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_a_failing_variant_is_recorded_and_every_other_artifact_is_built(
+        tiny_run, conll_dir, monkeypatch, capsys, tmp_path):
+    """A planted error in one variant (what a TensorRT build error would be): the stage
+    builds the variants around it, shows the failure in its summary, records it in the run,
+    and exits 1."""
+    from quantize import build
+
+    workdir = tmp_path / "isolated"
+    shutil.copytree(tiny_run / "runs" / "q" / "teacher", workdir / "runs" / "q" / "teacher")
+    monkeypatch.chdir(workdir)
+    real = build.build_variant
+
+    def planted(variant, *args, **kwargs):
+        if variant == "ort-fp32":
+            raise RuntimeError("planted engine build error\nwith a second line")
+        return real(variant, *args, **kwargs)
+
+    monkeypatch.setattr(build, "build_variant", planted)
+    code = build.main([*quantize_args(conll_dir, "runs_dir=runs"),
+                       "variants=[onnx-fp32,ort-fp32,ort-int8-dynamic]"])
+    out = capsys.readouterr().out
+    assert code == 1
+    quantized = workdir / "runs" / "q" / "quantized"
+    built = sorted(p.name for p in quantized.iterdir() if (p / "manifest.json").is_file())
+    assert built == ["teacher-onnx-fp32", "teacher-ort-int8-dynamic"]
+    failures = json.loads((quantized / "failures.json").read_text())
+    assert failures == [{"name": "teacher-ort-fp32", "model": "teacher", "variant": "ort-fp32",
+                         "failed": "RuntimeError: planted engine build error"}]
+    assert "teacher-ort-fp32 failed" in out and "1 variant(s) failed" in out
+    assert "with a second line" not in out
 
 
 @pytest.mark.slow
