@@ -290,7 +290,11 @@ def test_report_files_are_written_and_parse(reported):
         for key in REQUIRED_KEYS:
             assert key in r, (r["name"], key)
         assert 0 <= r["test_f1"] <= 1 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["latency_samples"] == 24 and r["peak_rss_mb"] > 50
+        assert r["latency_samples"] == 24
+    # Each row's peak is its own process's: the lean ONNX rows never carry the PyTorch stack.
+    onnx_peak = max(r["peak_rss_mb"] for r in report["rows"] if r["backend"] == "onnxruntime")
+    torch_peak = min(r["peak_rss_mb"] for r in report["rows"] if r["backend"] == "pytorch")
+    assert onnx_peak < torch_peak
     peers = {r["name"] for r in report["rows"] if r["is_peer"]}
     assert peers == {"teacher", "teacher-torch-dynamic-int8", "teacher-ort-dynamic-int8-unfused"}
     assert report["gemm_gflops"]["fp32"] > 0 and report["gemm_gflops"]["int8"] > 0
@@ -357,7 +361,6 @@ def test_report_f1_is_the_runtime_f1_of_each_artifact(reported):
     assert metrics["test"]["f1"] > 0.05
     assert rows["teacher"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
     assert rows["teacher-onnx-fp32"]["test_f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-9)
-    assert rows["teacher"]["speedup_vs_eager"] == 1.0
     anchor = "teacher-ort-dynamic-int8-unfused"
     assert rows[anchor]["speedup_vs_peer"] == 1.0 and rows[anchor]["vs_anchor_rounds"] is None
     for name, r in rows.items():
