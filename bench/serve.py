@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import re
 import signal
@@ -71,8 +72,6 @@ async def load(port: int, texts: list[str], concurrency: int, requests: int) -> 
 
 def scrape(port: int) -> dict[str, float]:
     """The server's model-call counters, from /metrics."""
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", "/metrics")
     text = connection.getresponse().read().decode()
@@ -89,8 +88,6 @@ def start_server(folder: Path, port: int, threads: int, wait_ms: float,
                                 "--threads", str(threads), "--max-wait-ms", str(wait_ms),
                                 "--max-queue", "1024", *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import http.client
-
     until = time.time() + 60
     while time.time() < until:
         try:

@@ -59,10 +59,16 @@ def constrained_decode(logits: np.ndarray, labels: Sequence[str]) -> list[str]:
     return [labels[i] for i in constrained_path(logits, labels)]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis (shifted by the maximum, so large logits cannot
+    overflow)."""
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 def path_probabilities(logits: np.ndarray, path: Sequence[int]) -> np.ndarray:
     """The softmax probability of the label each word takes on `path`."""
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp[np.arange(len(path)), path] / exp.sum(axis=1)
+    return softmax(logits)[np.arange(len(path)), path]
 
 
 def decode_all(sentence_logits: Sequence[np.ndarray], labels: Sequence[str]
@@ -85,8 +91,7 @@ def decode_all(sentence_logits: Sequence[np.ndarray], labels: Sequence[str]
     invalid[firsts] = np.isinf(start[greedy[firsts]])
     # A sentence is invalid if any of its words is: count the flags per sentence.
     flags = np.concatenate([[0], np.cumsum(invalid)])
-    exp = np.exp(words - words.max(axis=1, keepdims=True))
-    probabilities = exp / exp.sum(axis=1, keepdims=True)
+    probabilities = softmax(words)
     chosen = probabilities[np.arange(len(words)), greedy].tolist()
     greedy_list = greedy.tolist()
     for index, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):

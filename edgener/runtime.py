@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgener.artifacts import ArtifactError
-from edgener.decoding import decode_all
+from edgener.decoding import decode_all, softmax
 from edgener.encoding import Encoder, gather_word_logits, pad_arrays, token_batches
 from edgener.metrics import entity_scores
 
@@ -120,7 +120,3 @@ def batch_invariance(backend: Backend, encoder: Encoder, sentences: Sequence[Seq
             "tolerance": tolerance,
             "invariant": changed == 0 and largest_diff <= tolerance}
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)

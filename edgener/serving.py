@@ -135,6 +135,17 @@ class Batcher:
             self.task.cancel()
         self.model_thread.shutdown(wait=True)
 
+    @contextlib.contextmanager
+    def reading(self):
+        """Around reading and parsing a request: the collector waits for such requests,
+        and is woken when one is queued or refused."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
+            self.arrival.set()
+
     def submit(self, texts: list[str]) -> asyncio.Future:
         if len(self.queue) >= self.config.max_queue:
             raise ApiError(503, f"the server is busy: {len(self.queue)} requests are waiting "
@@ -288,16 +299,11 @@ def create_app(load: Callable[[], Predictor], config: ServeConfig) -> Starlette:
         if state.batcher is None:
             raise ApiError(503, state.load_error or "the model is still loading; retry "
                            "shortly", {"Retry-After": "1"})
-        batcher = state.batcher
-        batcher.incoming += 1
-        try:
+        with state.batcher.reading():
             texts, single = parse_texts(await read_body(request, config.max_body_bytes),
                                         config)
             request.state.texts = len(texts)
-            future = batcher.submit(texts)
-        finally:
-            batcher.incoming -= 1
-            batcher.arrival.set()  # a request the collector may be waiting for is settled
+            future = state.batcher.submit(texts)
         try:
             found = await asyncio.wait_for(asyncio.shield(future), config.timeout_s)
         except asyncio.TimeoutError:

@@ -64,6 +64,7 @@ def per_sequence_scales(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
+    producer = {out: node for node in graph.node for out in node.output}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -84,7 +85,7 @@ def per_sequence_scales(model: onnx.ModelProto) -> onnx.ModelProto:
             # The old graph scales the product with MatMulInteger -> Cast -> Mul(scales).
             cast = consumers[node.output[0]][0]
             scaled = consumers[cast.output[0]][0]
-            scales = next(n for n in graph.node if scaled.input[1] in n.output)
+            scales = producer[scaled.input[1]]
             replaced.update((id(cast), id(scaled)))
             dequantized_product(b, rows[node.input[0]], node.input[1], node.input[3],
                                 scales.input[1], initializers, scaled.output[0])
