@@ -26,6 +26,10 @@ class ReportConfig:
     baselines: bool = True  # the students trained without distillation too
     peers: bool = True  # what a user would run otherwise, built from the teacher
     artifacts: list | None = None  # names to measure (e.g. [teacher, L3-ort-int8-static])
+    # On a CUDA machine: the teacher and the students on the GPU too, in FP32 (the GPU's
+    # reference) and these precisions (fp16; int8: torch._int_mm W8A8, the rest FP16).
+    cuda: bool = True
+    cuda_precisions: list = field(default_factory=lambda: ["fp16", "int8"])
     # The recommendation is the fastest artifact whose test F1 is at most this many points
     # (F1 in %) below the eager teacher's: how much accuracy you will trade for speed.
     max_f1_drop: float = 1.5

@@ -42,10 +42,11 @@ if TYPE_CHECKING:  # annotations only: importing these at run time may pull in t
     from edgener.encoding import Encoder
     from edgener.predictor import Predictor
 
-# How each candidate is loaded: an artifact folder as its manifest says, or a peer built
-# from the teacher the way a user would without this toolkit.
-ARTIFACT, TORCH_DYNAMIC_INT8, ORT_DYNAMIC_INT8 = "artifact", "torch-dynamic-int8", \
-    "ort-dynamic-int8"
+# How each candidate is loaded: a quantized artifact folder as its manifest says, a
+# Hugging Face folder (teacher, student) in PyTorch at a precision on a device, or a peer
+# built from the teacher the way a user would without this toolkit.
+ARTIFACT, PYTORCH, TORCH_DYNAMIC_INT8, ORT_DYNAMIC_INT8 = "artifact", "pytorch", \
+    "torch-dynamic-int8", "ort-dynamic-int8"
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class Candidate:
     precision: str
     is_peer: bool
     model_folder: Path  # the Hugging Face folder whose config gives the shape (FLOPs)
-    size_mb: float
+    size_mb: float | None  # None: measured from the loaded model (PYTORCH rows)
     source: str  # the model it was made from (teacher or a student's name)
     onnx_path: Path | None = None  # ORT_DYNAMIC_INT8: the peer's quantized model
+    device: str = "cpu"  # "cpu" or "cuda": where the model runs
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,17 @@ def load(candidate: Candidate, threads: int) -> Predictor:
         prepare_torch(threads)
     if candidate.kind == ARTIFACT:
         return Predictor.from_folder(candidate.folder, threads)
+    if candidate.kind == PYTORCH:
+        from edgener.torch_backends import TorchBackend, hf_model
+
+        model = hf_model(candidate.folder, candidate.device, candidate.precision)
+        return Predictor.from_folder(candidate.folder, threads,
+                                     backend=TorchBackend(model, candidate.device))
     if candidate.kind == TORCH_DYNAMIC_INT8:
-        from edgener.torch_backends import torch_backend
+        from edgener.torch_backends import TorchBackend
 
         return Predictor.from_folder(candidate.folder, threads,
-                                     backend=torch_backend(torch_dynamic_int8(candidate.folder)))
+                                     backend=TorchBackend(torch_dynamic_int8(candidate.folder)))
     if candidate.kind == ORT_DYNAMIC_INT8:
         from edgener.runtime import OnnxBackend
 
@@ -140,6 +148,23 @@ def torch_dynamic_int8(folder: Path) -> torch.nn.Module:
                                                       dtype=torch.qint8)
 
 
+def module_mb(model: torch.nn.Module) -> float:
+    """The bytes of a model's parameters and buffers, in its own dtypes."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, 2)
+
+
+def device_name(device: str) -> str:
+    """The CPU model or the GPU's name."""
+    if device == "cpu":
+        from edgener.artifacts import cpu_model
+
+        return cpu_model()
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
 def state_dict_mb(model: torch.nn.Module) -> float:
     import torch
 
@@ -167,7 +192,9 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     scores = entity_scores(test_tags, predicted)
 
     shape = model_shape(candidate.model_folder)
-    gflops = settings.gemm_gflops.get(candidate.precision)
+    # The measured matrix throughput is the CPU's: a GPU row has no floor here.
+    gflops = settings.gemm_gflops.get(candidate.precision) if candidate.device == "cpu" \
+        else None
     batching = throughput(predictor, shape, sentence_texts(test_words),
                           settings.throughput_rounds, gflops)
     peak_rss = peak_rss_mb()
@@ -190,6 +217,8 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "backend": candidate.backend,
         "precision": candidate.precision,
         "is_peer": candidate.is_peer,
+        "device_type": candidate.device,
+        "device": device_name(candidate.device),
         "params": shape["params"],
         "layers": shape["layers"],
         "hidden_size": shape["hidden_size"],
@@ -207,8 +236,10 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         if anchor else None,
         **batching,
         "batch_tokens": settings.batch_tokens,
-        "size_mb": candidate.size_mb,
+        "size_mb": candidate.size_mb if candidate.size_mb is not None
+        else module_mb(predictor.backend.model),
         "peak_rss_mb": peak_rss,
+        "peak_gpu_mb": peak_gpu_mb(candidate.device),
         "median_tokens": statistics.median(tokens),
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,
@@ -301,6 +332,15 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gpu_mb(device: str) -> float | None:
+    """The most GPU memory PyTorch held at once in this process; None for a CPU row."""
+    if device == "cpu":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
 
 
 def token_count(encoder: Encoder, text: str) -> int:

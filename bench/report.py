@@ -9,14 +9,19 @@ peers built from the teacher: PyTorch dynamic INT8 (torch.ao) and ONNX Runtime d
 INT8 of the unfused export (what a default Optimum quantization gives). Each row is
 measured in a fresh process, one after another, at a fixed thread count.
 
+Every row records its device. On a machine with CUDA the teacher and the students also run
+on the GPU, in FP32, FP16 and INT8 (torch._int_mm), beside the TensorRT artifacts; each
+device is its own comparison: speedups against the eager teacher on that device, and a
+Pareto frontier, a panel of the plot and a recommendation for each.
+
 Ratios are paired: in every row's process, its latency rounds alternate with the ORT peer's
 (cheap to time, so it anchors every row), and a speedup is the median over rounds of the
 two p50s' ratio; the speedup over the eager teacher is the row's over the peer divided by
 the teacher's over the peer. On a shared machine whose speed drifts by tens of percent
 within minutes, ratios between rows timed minutes apart would carry that drift.
 
-The report recommends one artifact: the fastest whose test F1 is within `max_f1_drop`
-points of the eager teacher's, and says why.
+The report recommends one artifact per device: the fastest whose test F1 is within
+`max_f1_drop` points of the eager teacher's, and says why.
 
 This module's top level imports neither torch nor transformers: each row's process is
 spawned, and spawn re-imports the main module (this one, under `python -m bench.report`)
@@ -42,6 +47,7 @@ from bench.config import ReportConfig
 from bench.measure import (
     ARTIFACT,
     ORT_DYNAMIC_INT8,
+    PYTORCH,
     TORCH_DYNAMIC_INT8,
     Candidate,
     Settings,
@@ -62,11 +68,15 @@ from edgener.artifacts import (
     write_json_atomic,
 )
 from edgener.cli import console, print_wide, run_stage
-from edgener.config import as_dict, load_config, parse_overrides, preset_path
+from edgener.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
 from edgener.data import load_dataset, recorded_dataset
 
-EAGER = "teacher"  # the row every speedup is relative to
-ORT_PEER = f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"  # the peer every row is timed beside
+EAGER = "teacher"  # the row every CPU speedup is relative to
+ORT_PEER = f"{EAGER}-{ORT_DYNAMIC_INT8}-unfused"  # the peer every CPU row is timed beside
+# Each device's eager teacher: what that device's speedups are counted from.
+REFERENCES = {"cpu": EAGER, "cuda": f"{EAGER}-cuda-fp32"}
+DEVICE_LABELS = {"cpu": "CPU", "cuda": "GPU"}
+GPU_PRECISIONS = ("fp16", "int8")  # besides FP32, how the PyTorch models may run on CUDA
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m bench.report") -> int:
@@ -88,6 +98,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.report") ->
 
 def report(config: ReportConfig, command: str) -> int:
     started = time.time()
+    unknown = sorted(set(config.cuda_precisions) - set(GPU_PRECISIONS))
+    if unknown:
+        raise ConfigError(f"cuda_precisions: unknown {', '.join(unknown)}; known: "
+                          f"{', '.join(GPU_PRECISIONS)} (FP32 always runs: it is the GPU's "
+                          "reference)")
     run_dir = Path(config.runs_dir) / config.run
     teacher = read_manifest(run_dir / "teacher", "teacher", "make teacher")
     dataset = load_dataset(config.dataset or recorded_dataset(teacher), config.data_dir)
@@ -118,9 +133,11 @@ def report(config: ReportConfig, command: str) -> int:
         for candidate in sorted(candidates, key=lambda c: c is not anchor):
             progress.update(task, description=f"measuring {candidate.name}", refresh=True)
             tick = time.time()
+            # The anchor is a CPU row: GPU rows are compared with the GPU's eager teacher.
+            paired = anchor if candidate.device == "cpu" and candidate is not anchor else None
             try:
                 row = isolated(measure, candidate, settings, words, tags, latency_texts,
-                               None if candidate is anchor else anchor)
+                               paired)
             except Exception as error:  # one broken artifact must not sink the report
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")
@@ -136,7 +153,6 @@ def report(config: ReportConfig, command: str) -> int:
     order = [c.name for c in candidates]
     rows.sort(key=lambda r: order.index(r["name"]))
     add_ratios(rows, anchor.name if anchor else None)
-    frontier = pareto_front([(r["name"], r["p50_ms"], r["test_f1"]) for r in rows])
     wall = time.time() - started
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -148,16 +164,14 @@ def report(config: ReportConfig, command: str) -> int:
         "test_sentences": len(test),
         "rows": rows,
         "failed": failed,
-        "pareto": frontier,
-        "anchored": anchor is not None,
+        "devices": device_summaries(rows, config.max_f1_drop),
         "wall_s": round(wall, 1),
-        "recommendation": recommend(rows, config.max_f1_drop),
     }
     out = run_dir / "report"
     with publish_dir(out) as staging:
         write_json_atomic(staging / "report.json", result)
         (staging / "report.md").write_text(markdown(result), encoding="utf-8")
-        plot(rows, frontier, staging / "report.png")
+        plot(result, staging / "report.png")
     print_table(result)
     console.print(f"report in [bold]{out}[/] ({wall / 60:.1f} min)")
     return 0
@@ -178,18 +192,21 @@ def _quiet_child() -> None:
 
 
 def find_candidates(run_dir: Path, config: ReportConfig) -> list[Candidate]:
-    """The teacher and its peers, the students, then every quantized artifact."""
+    """The teacher and its peers, the students, every quantized artifact, then (on a CUDA
+    machine) the teacher and the students on the GPU."""
     teacher = run_dir / "teacher"
-    rows = [Candidate(EAGER, ARTIFACT, teacher, "pytorch", "fp32", True, teacher,
+    rows = [Candidate(EAGER, PYTORCH, teacher, "pytorch", "fp32", True, teacher,
                       weights_mb(teacher), EAGER)]
     if config.peers:
         rows += peers(run_dir, teacher)
     students = run_dir / "students"
-    for folder in sorted(students.glob("*")) if students.is_dir() else []:
-        if (folder / MANIFEST).is_file() and (config.baselines or
-                                              not folder.name.endswith("-baseline")):
-            rows.append(Candidate(folder.name, ARTIFACT, folder, "pytorch", "fp32", False,
-                                  folder, weights_mb(folder), folder.name))
+    models = [(EAGER, teacher)] + [
+        (folder.name, folder) for folder in sorted(students.glob("*"))
+        if students.is_dir() and (folder / MANIFEST).is_file()
+        and (config.baselines or not folder.name.endswith("-baseline"))]
+    rows += [Candidate(name, PYTORCH, folder, "pytorch", "fp32", False, folder,
+                       weights_mb(folder), name) for name, folder in models[1:]]
+    gpu = config.cuda and cuda_available()
     quantized = run_dir / "quantized"
     for folder in sorted(quantized.glob("*")) if quantized.is_dir() else []:
         if not (folder / MANIFEST).is_file():
@@ -198,16 +215,24 @@ def find_candidates(run_dir: Path, config: ReportConfig) -> list[Candidate]:
         source = manifest["source_name"]
         if source.endswith("-baseline") and not config.baselines:
             continue
-        if manifest["backend"] in ("tensorrt", "torch-tensorrt") and not cuda_available():
+        engine = manifest["backend"] in ("tensorrt", "torch-tensorrt")
+        if engine and not gpu:
             console.print(f"[yellow]skipping {folder.name}[/]: a TensorRT engine, and "
-                          "this machine has no CUDA device")
+                          "this machine has no CUDA device" + ("" if config.cuda else
+                                                                " in use (cuda=false)"))
             continue
         rows.append(Candidate(folder.name, ARTIFACT, folder, manifest["backend"],
                               manifest["precision"], False, source_model_folder(run_dir, source),
-                              manifest["size_mb"], source))
+                              manifest["size_mb"], source, device="cuda" if engine else "cpu"))
+    if gpu:
+        rows += [Candidate(f"{name}-cuda-{precision}", PYTORCH, folder, "pytorch", precision,
+                           name == EAGER, folder, None, name, device="cuda")
+                 for name, folder in models for precision in ("fp32", *config.cuda_precisions)]
+    elif config.cuda and config.cuda_precisions:
+        console.print("[yellow]no GPU rows[/]: this machine has no CUDA device")
     if config.artifacts is not None:
-        # Ratios need the eager teacher and the peer that anchors them.
-        wanted = set(config.artifacts) | {EAGER, ORT_PEER}
+        # Ratios need each device's eager teacher and the peer that anchors the CPU's.
+        wanted = set(config.artifacts) | set(REFERENCES.values()) | {ORT_PEER}
         rows = [row for row in rows if row.name in wanted]
     return rows
 
@@ -242,24 +267,49 @@ def weights_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20, 2)
 
 
+def by_device(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by device type, the CPU's first, each group in the rows' order."""
+    groups: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["device_type"] != "cpu"):
+        groups.setdefault(row["device_type"], []).append(row)
+    return groups
+
+
 def add_ratios(rows: list[dict], anchor: str | None) -> None:
-    """Speedups against the eager teacher and the ORT peer, F1 change against the teacher,
-    distance to the floor. Rows timed beside the anchor use the paired ratios (see the
-    module notes); without an anchor, ratios are of p50s measured in different processes."""
-    eager = next((r for r in rows if r["name"] == EAGER), None)
-    peer = next((r for r in rows if r["name"] == anchor), None)
-    for row in rows:
-        row["speedup_vs_peer"] = paired_ratio(row, anchor) or (
-            peer["p50_ms"] / row["p50_ms"] if peer else None)
-    for row in rows:
-        if eager is None:
-            row["speedup_vs_eager"] = None
-        elif row["speedup_vs_peer"] is not None and eager["speedup_vs_peer"] is not None:
-            row["speedup_vs_eager"] = row["speedup_vs_peer"] / eager["speedup_vs_peer"]
-        else:
-            row["speedup_vs_eager"] = eager["p50_ms"] / row["p50_ms"]
-        row["f1_change_vs_teacher"] = row["test_f1"] - eager["test_f1"] if eager else None
-        row["floor_ratio"] = row["p50_ms"] / row["floor_ms"] if row["floor_ms"] else None
+    """Speedups against the eager teacher on the row's own device and against the ORT
+    peer (CPU rows), F1 change against that teacher, distance to the floor. Rows timed
+    beside the anchor use the paired ratios (see the module notes); the others, ratios of
+    p50s measured in different processes."""
+    for device, group in by_device(rows).items():
+        eager = next((r for r in group if r["name"] == REFERENCES[device]), None)
+        peer = next((r for r in group if r["name"] == anchor), None)
+        for row in group:
+            row["speedup_vs_peer"] = paired_ratio(row, anchor) or (
+                peer["p50_ms"] / row["p50_ms"] if peer else None)
+        for row in group:
+            if eager is None:
+                row["speedup_vs_eager"] = None
+            elif row["speedup_vs_peer"] is not None and eager["speedup_vs_peer"] is not None:
+                row["speedup_vs_eager"] = row["speedup_vs_peer"] / eager["speedup_vs_peer"]
+            else:
+                row["speedup_vs_eager"] = eager["p50_ms"] / row["p50_ms"]
+            row["f1_change_vs_teacher"] = row["test_f1"] - eager["test_f1"] if eager else None
+            row["floor_ratio"] = row["p50_ms"] / row["floor_ms"] if row["floor_ms"] else None
+
+
+def device_summaries(rows: list[dict], max_f1_drop: float) -> list[dict]:
+    """Per device (the CPU's first): its name, its reference row, whether its ratios are
+    paired, its Pareto frontier and its recommendation."""
+    summaries = []
+    for device, group in by_device(rows).items():
+        reference = REFERENCES[device]
+        summaries.append({
+            "type": device, "name": group[0]["device"], "reference": reference,
+            "anchored": any(r.get("vs_anchor_rounds") for r in group),
+            "pareto": pareto_front([(r["name"], r["p50_ms"], r["test_f1"]) for r in group]),
+            "recommendation": recommend(group, max_f1_drop, reference,
+                                        DEVICE_LABELS[device])})
+    return summaries
 
 
 def paired_ratio(row: dict, anchor: str | None) -> float | None:
@@ -282,21 +332,24 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return sorted(front, key=lambda n: next(p[1] for p in points if p[0] == n))
 
 
-def recommend(rows: list[dict], max_f1_drop: float) -> dict:
-    """The fastest artifact (a peer is no artifact of this run) whose test F1 is at most
-    `max_f1_drop` points below the eager teacher's, with a plain summary and the reason
-    it was chosen; "artifact" is None, and the summary says why, when none qualifies."""
-    eager = next((r for r in rows if r["name"] == EAGER), None)
+def recommend(rows: list[dict], max_f1_drop: float, reference: str = EAGER,
+              device: str = "CPU") -> dict:
+    """Of one device's rows, the fastest artifact (a peer is no artifact of this run) whose
+    test F1 is at most `max_f1_drop` points below the eager teacher's (the `reference`
+    row), with a plain summary and the reason it was chosen; "artifact" is None, and the
+    summary says why, when none qualifies."""
+    eager = next((r for r in rows if r["name"] == reference), None)
     artifacts = [r for r in rows if not r["is_peer"]]
     found = {"artifact": None, "max_f1_drop": max_f1_drop, "measured": len(artifacts),
              "within_budget": 0}
     if eager is None:
-        return found | {"summary": "no recommendation: the eager teacher was not measured, "
-                                   "and the F1 budget and speedups are counted from it",
+        return found | {"summary": f"no recommendation on the {device}: the eager teacher "
+                                   "was not measured there, and the F1 budget and speedups "
+                                   "are counted from it",
                         "reason": ""}
     if not artifacts:
-        return found | {"summary": "no recommendation: no artifact besides the teacher and "
-                                   "its peers was measured", "reason": ""}
+        return found | {"summary": f"no recommendation on the {device}: no artifact besides "
+                                   "the teacher and its peers was measured", "reason": ""}
     # F1 is a fraction; the budget is in points. The small slack keeps a drop of exactly
     # the budget inside it despite float rounding.
     eligible = [r for r in artifacts
@@ -305,8 +358,8 @@ def recommend(rows: list[dict], max_f1_drop: float) -> dict:
     if not eligible:
         closest = max(artifacts, key=lambda r: r["test_f1"])
         return found | {
-            "summary": f"no artifact is within {max_f1_drop:g} F1 points of the eager "
-                       f"teacher; the most accurate, {closest['name']}, is "
+            "summary": f"no artifact on the {device} is within {max_f1_drop:g} F1 points of "
+                       f"the eager teacher; the most accurate, {closest['name']}, is "
                        f"{trade_off(closest, eager)}",
             "reason": f"raise max_f1_drop (now {max_f1_drop:g}) to accept a larger F1 loss"}
     # The paired speedup ranks them (steadier than p50s taken minutes apart); ties go to
@@ -316,7 +369,7 @@ def recommend(rows: list[dict], max_f1_drop: float) -> dict:
         "artifact": best["name"], "backend": best["backend"], "precision": best["precision"],
         "speedup_vs_eager": best["speedup_vs_eager"],
         "f1_change_points": 100 * (best["test_f1"] - eager["test_f1"]),
-        "summary": f"recommended: {best['name']} — {trade_off(best, eager)}",
+        "summary": f"recommended on the {device}: {best['name']} — {trade_off(best, eager)}",
         "reason": f"the fastest of the {len(eligible)} of {len(artifacts)} measured artifacts "
                   f"whose test F1 is within {max_f1_drop:g} points of the eager teacher's "
                   f"(the max_f1_drop setting)"}
@@ -350,25 +403,39 @@ def cells(row: dict) -> list[str]:
             number(row["speedup_vs_peer"], ".2f") + "x"]
 
 
+def device_title(device: dict, threads: int) -> str:
+    """'CPU: AMD EPYC 7B13, 2 threads' or 'GPU: NVIDIA H200'."""
+    label = DEVICE_LABELS[device["type"]]
+    return f"{label}: {device['name']}" + (f", {threads} threads" if device["type"] == "cpu"
+                                           else "")
+
+
+def device_rows(result: dict, device: dict) -> list[dict]:
+    return [r for r in result["rows"] if r["device_type"] == device["type"]]
+
+
 def print_table(result: dict) -> None:
-    table = Table(title=f"Latency against F1, {result['threads']} threads "
-                        f"(★ Pareto frontier; speedups against the eager teacher and the "
-                        f"ORT peer)")
-    for index, column in enumerate(COLUMNS):
-        table.add_column(column, justify="left" if index < 3 else "right", no_wrap=index == 0)
-    for row in result["rows"]:
-        style = "dim" if row["is_peer"] else ("bold" if row["name"] in result["pareto"] else "")
-        values = cells(row)
-        if row["name"] in result["pareto"]:
-            values[0] = "★ " + values[0]
-        table.add_row(*values, style=style)
-    print_wide(table, 230)  # eighteen columns
+    for device in result["devices"]:
+        table = Table(title=f"Latency against F1 on the {device_title(device, result['threads'])}"
+                            " (★ Pareto frontier; speedups against the eager teacher on this "
+                            "device" + (" and the ORT peer)" if device["type"] == "cpu" else ")"))
+        for index, column in enumerate(COLUMNS):
+            table.add_column(column, justify="left" if index < 3 else "right",
+                             no_wrap=index == 0)
+        for row in device_rows(result, device):
+            front = row["name"] in device["pareto"]
+            values = cells(row)
+            if front:
+                values[0] = "★ " + values[0]
+            table.add_row(*values, style="dim" if row["is_peer"] else ("bold" if front else ""))
+        print_wide(table, 230)  # eighteen columns
     for failure in result["failed"]:
         console.print(f"[red]not measured[/]: {failure['name']}: {failure['error']}")
-    recommendation = result["recommendation"]
-    console.print(f"[bold]{recommendation['summary']}[/]", highlight=False)
-    if recommendation["reason"]:
-        console.print(f"  {recommendation['reason']}", highlight=False)
+    for device in result["devices"]:
+        recommendation = device["recommendation"]
+        console.print(f"[bold]{recommendation['summary']}[/]", highlight=False)
+        if recommendation["reason"]:
+            console.print(f"  {recommendation['reason']}", highlight=False)
 
 
 def markdown(result: dict) -> str:
@@ -379,8 +446,8 @@ def markdown(result: dict) -> str:
         f"- date: {result['date']}",
         f"- command: `{result['command']}`",
         f"- machine: {result['machine']}; {result['threads']} threads",
-        f"- matrix throughput (same run): FP32 {gemm['fp32']:.0f} GFLOP/s (PyTorch GEMM), "
-        f"INT8 {gemm['int8']:.0f} GOP/s (ONNX Runtime MatMulInteger)",
+        f"- matrix throughput of the CPU (same run): FP32 {gemm['fp32']:.0f} GFLOP/s "
+        f"(PyTorch GEMM), INT8 {gemm['int8']:.0f} GOP/s (ONNX Runtime MatMulInteger)",
         f"- test F1 on {result['test_sentences']} sentences, batched as the runtime batches; "
         f"latency: text in, entities out, batch 1, "
         f"{result['settings']['latency_sentences']} test sentences x "
@@ -395,76 +462,94 @@ def markdown(result: dict) -> str:
         "tokens they ran, padding included; `text ms` the work around the model (words, "
         "subwords, decoding, entities) per text; `≠ alone` the test texts whose entities "
         "batched differ from alone (a type or span, or a score by more than 0.001)",
-        "- floor: FLOPs from the model's shape over the matrix throughput of its precision; "
-        "`x floor` is batch 1's p50 over the median sentence's",
-        f"- x eager, x peer: speedup against `{EAGER}` (Hugging Face PyTorch eager FP32) and "
-        f"against the teacher's ONNX Runtime dynamic INT8 (unfused); "
-        + ("paired: each row's latency rounds alternate with the peer's in the row's own "
-           "process, a ratio is the median over rounds, and x eager is the row's x peer over "
-           "the teacher's" if result["anchored"] else
-           "ratios of p50s measured in separate processes"),
+        "- floor (CPU rows): FLOPs from the model's shape over the matrix throughput of its "
+        "precision; `x floor` is batch 1's p50 over the median sentence's",
+        "- each device is compared on its own: `x eager` is the speedup against the teacher "
+        "in Hugging Face PyTorch eager FP32 on the same device, and the frontier and the "
+        "recommendation are the device's",
         f"- wall time: {result['wall_s'] / 60:.1f} min",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) - 3)) + "|",
     ]
-    for row in result["rows"]:
-        values = cells(row)
-        if row["name"] in result["pareto"]:
-            values[0] = f"**{values[0]}** ★"
-        lines.append("| " + " | ".join(values) + " |")
-    lines += ["", "★: on the Pareto frontier of latency against F1.", ""]
+    for device in result["devices"]:
+        lines += ["", f"## {device_title(device, result['threads'])}", ""]
+        if device["type"] == "cpu":
+            lines += ["x peer: speedup against the teacher's ONNX Runtime dynamic INT8 "
+                      "(unfused); " + (
+                          "paired: each row's latency rounds alternate with the peer's in the "
+                          "row's own process, a ratio is the median over rounds, and x eager "
+                          "is the row's x peer over the teacher's" if device["anchored"] else
+                          "ratios of p50s measured in separate processes") + ".", ""]
+        else:
+            lines += ["Ratios of p50s measured in separate processes, against "
+                      f"`{device['reference']}`.", ""]
+        lines += ["| " + " | ".join(COLUMNS) + " |",
+                  "|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) - 3)) + "|"]
+        for row in device_rows(result, device):
+            values = cells(row)
+            if row["name"] in device["pareto"]:
+                values[0] = f"**{values[0]}** ★"
+            lines.append("| " + " | ".join(values) + " |")
+        recommendation = device["recommendation"]
+        lines += ["", "★: on this device's Pareto frontier of latency against F1.", "",
+                  "### Recommendation", "", recommendation["summary"] + "."]
+        if recommendation["reason"]:
+            lines += ["", recommendation["reason"][0].upper() + recommendation["reason"][1:]
+                      + "."]
+    if result["failed"]:
+        lines.append("")
     for failure in result["failed"]:
         lines.append(f"- not measured: {failure['name']}: {failure['error']}")
-    recommendation = result["recommendation"]
-    lines += ["", "## Recommendation", "", recommendation["summary"] + "."]
-    if recommendation["reason"]:
-        lines += ["", recommendation["reason"][0].upper() + recommendation["reason"][1:] + "."]
     return "\n".join(lines) + "\n"
 
 
 DPI = 120  # of the figure and of the saved PNG alike, so pixels placed are pixels saved
 
 
-def plot(rows: list[dict], frontier: list[str], path: Path) -> None:
+def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    figure = draw(rows, frontier)
+    figure = draw([(device_title(device, result["threads"]), device_rows(result, device),
+                    device["pareto"]) for device in result["devices"]])
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
 
-def draw(rows: list[dict], frontier: list[str]):
-    """The report's figure: latency (log axis, plain milliseconds) against F1, the Pareto
-    frontier, and every point labelled inside the plotting area."""
+def draw(panels: list[tuple[str, list[dict], list[str]]]):
+    """The report's figure: one panel per device (title, rows, frontier), each latency (log
+    axis, plain milliseconds) against F1 with its Pareto frontier and every point labelled
+    inside the plotting area. Devices get panels of their own: a GPU's and a CPU's
+    latencies lie decades apart, and each device is its own choice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(10, 6.5), dpi=DPI)
-    for row in rows:
-        marker, colour = ("s", "tab:grey") if row["is_peer"] else (
-            ("o", "tab:blue") if row["precision"] == "int8" else ("^", "tab:orange"))
-        axes.scatter(row["p50_ms"], 100 * row["test_f1"], marker=marker, color=colour,
-                     edgecolors="black" if row["name"] in frontier else "none", s=60, zorder=3)
-    front = [r for name in frontier for r in rows if r["name"] == name]
-    axes.plot([r["p50_ms"] for r in front], [100 * r["test_f1"] for r in front], "--",
-              color="tab:green", label="Pareto frontier", zorder=2)
-    axes.set_xscale("log")
-    for marker, colour, label in (("^", "tab:orange", "FP32"), ("o", "tab:blue", "INT8"),
+    figure, grid = plt.subplots(1, len(panels), figsize=(10 * len(panels), 6.5), dpi=DPI,
+                                squeeze=False)
+    for axes, (title, rows, frontier) in zip(grid[0], panels, strict=True):
+        for row in rows:
+            marker, colour = ("s", "tab:grey") if row["is_peer"] else (
+                ("o", "tab:blue") if row["precision"] == "int8" else ("^", "tab:orange"))
+            axes.scatter(row["p50_ms"], 100 * row["test_f1"], marker=marker, color=colour,
+                         edgecolors="black" if row["name"] in frontier else "none", s=60,
+                         zorder=3)
+        front = [r for name in frontier for r in rows if r["name"] == name]
+        axes.plot([r["p50_ms"] for r in front], [100 * r["test_f1"] for r in front], "--",
+                  color="tab:green", label="Pareto frontier", zorder=2)
+        axes.set_xscale("log")
+        axes.margins(x=0.06, y=0.08)  # room for the end markers, and labels beside them
+        plain_milliseconds(axes)
+        axes.set_xlabel("batch-1 p50 latency (ms)")
+        axes.set_ylabel("test entity F1 (%)")
+        axes.set_title(f"{title}\nlatency against F1 (text in, entities out; log axis)")
+        axes.grid(True, which="both", alpha=0.3)
+    for marker, colour, label in (("^", "tab:orange", "FP32 / FP16"), ("o", "tab:blue", "INT8"),
                                   ("s", "tab:grey", "peer (from the teacher)")):
-        axes.scatter([], [], marker=marker, color=colour, label=label)
-    axes.margins(x=0.06, y=0.08)  # room for the markers at the ends, and labels beside them
-    plain_milliseconds(axes)
-    axes.set_xlabel("batch-1 p50 latency (ms)")
-    axes.set_ylabel("test entity F1 (%)")
-    axes.set_title("Latency against F1 (text in, entities out; latency on a log axis)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
+        grid[0][0].scatter([], [], marker=marker, color=colour, label=label)
+    grid[0][0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     figure.tight_layout()
     # After the layout: placing labels works in pixels, which the layout would move.
-    place_labels(axes, [(r["name"], r["p50_ms"], 100 * r["test_f1"]) for r in rows])
+    for axes, (_, rows, _) in zip(grid[0], panels, strict=True):
+        place_labels(axes, [(r["name"], r["p50_ms"], 100 * r["test_f1"]) for r in rows])
     return figure
 
 

@@ -111,17 +111,20 @@ def environment() -> dict:
     }
 
 
-def machine() -> str:
-    """The CPU model, its core count and the OS: where a timing was taken."""
-    model = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), or the architecture where it is not known."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """The CPU model, its core count and the OS: where a timing was taken."""
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def make_manifest(stage: str, **fields) -> dict:

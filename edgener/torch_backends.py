@@ -45,15 +45,16 @@ class TokenLogits(torch.nn.Module):
                           token_type_ids=token_type_ids).logits
 
 
-def torch_backend(model: torch.nn.Module, device: torch.device | str = "cpu") -> Backend:
-    """A PyTorch token classifier as a backend (eval mode, no gradients)."""
+class TorchBackend:
+    """A PyTorch token classifier as a backend (eval mode, no gradients), on `device`."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu"):
+        self.model, self.device = model, device
 
     @torch.no_grad()
-    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = {k: torch.from_numpy(batch[k]).to(device) for k in MODEL_INPUTS}
-        return model(**inputs).logits.float().cpu().numpy()
-
-    return run
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(batch[k]).to(self.device) for k in MODEL_INPUTS}
+        return self.model(**inputs).logits.float().cpu().numpy()
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
@@ -221,18 +222,39 @@ class TensorRTEngineBackend(ProfiledBackend):
         return results[self.outputs[0]].float().cpu().numpy()
 
 
-def hf_backend(folder: Path, threads: int | None = None) -> Backend:
-    """A published Hugging Face folder (teacher or student) in PyTorch eager mode."""
-    from transformers import AutoModelForTokenClassification
+# How a PyTorch model folder can run: FP32 as trained, FP16, or INT8 matrix products
+# (edgener.torch_int8) with the rest in FP16 on a GPU and FP32 on a CPU.
+PRECISIONS = ("fp32", "fp16", "int8")
 
+
+def hf_backend(folder: Path, threads: int | None = None, device: str = "cpu",
+               precision: str = "fp32") -> Backend:
+    """A published Hugging Face folder (teacher or student) in PyTorch eager mode, on
+    `device` at `precision` (one of PRECISIONS)."""
     if threads:
         torch.set_num_threads(threads)
+    return TorchBackend(hf_model(folder, device, precision), device)
+
+
+def hf_model(folder: Path, device: str = "cpu", precision: str = "fp32") -> torch.nn.Module:
+    from transformers import AutoModelForTokenClassification
+
+    from edgener.torch_int8 import quantize_linears
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     try:
-        model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+        # FP32 whatever the checkpoint holds: the precision is chosen here, not by the file.
+        model = AutoModelForTokenClassification.from_pretrained(
+            folder, dtype=torch.float32).eval()
     except (OSError, ValueError) as error:
         raise ArtifactError(f"cannot load the PyTorch model in {folder} "
                             f"({str(error).splitlines()[0]})") from error
-    return torch_backend(model)
+    half = precision == "fp16" or (precision == "int8" and torch.device(device).type == "cuda")
+    model = model.to(device=device, dtype=torch.float16 if half else torch.float32)
+    if precision == "int8":
+        quantize_linears(model)
+    return model
 
 
 def engine_backend(folder: Path, backend: str, path: Path, profile: ShapeProfile) -> Backend:

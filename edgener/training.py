@@ -25,7 +25,7 @@ from edgener.cli import console
 from edgener.encoding import Encoder, Window, pad_arrays, train_batches
 from edgener.errors import UserError
 from edgener.runtime import score
-from edgener.torch_backends import torch_backend
+from edgener.torch_backends import TorchBackend
 
 
 def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
@@ -168,7 +168,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        return score(torch_backend(model, device), encoder, words, gold_tags, labels,
+        return score(TorchBackend(model, device), encoder, words, gold_tags, labels,
                      max_tokens)
     finally:
         model.train(was_training)

@@ -46,7 +46,7 @@ from edgener.config import (
 from edgener.data import Sentence, load_dataset, recorded_dataset
 from edgener.predictor import Predictor
 from edgener.runtime import Backend, OnnxBackend, batch_invariance, score, word_logits
-from edgener.torch_backends import torch_backend
+from edgener.torch_backends import TorchBackend
 from edgener.training import console
 from quantize import ort_quant
 from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
@@ -197,7 +197,7 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
     export_onnx(source.model, plain, config.opset)
     fp32 = OnnxBackend(plain, config.threads)
     valid_words = [s.words for s in splits["valid"]]
-    parity = compare(torch_backend(source.model), fp32, source.encoder, valid_words,
+    parity = compare(TorchBackend(source.model), fp32, source.encoder, valid_words,
                      source.labels, config.eval_batch_tokens)
     if not parity.ok(config.parity_atol):
         raise ParityError(f"{source.name}: the ONNX export does not match PyTorch on valid: "

@@ -22,7 +22,7 @@ from edgener.decoding import constrained_decode
 from edgener.encoding import Encoder, pad_arrays
 from edgener.predictor import load_predictor
 from edgener.runtime import MODEL_INPUTS, word_logits
-from edgener.torch_backends import torch_backend
+from edgener.torch_backends import TorchBackend
 from edgener.training import collate
 from quantize.build import Source
 from quantize.config import QuantizeConfig
@@ -172,7 +172,7 @@ def test_saved_artifact_reloads_close_to_fp32(built, tiny_source):
     from edgener.torch_backends import IncBackend
 
     batch = sample_batch(tiny_source, rows=6)
-    expected = torch_backend(tiny_source.model)(batch)
+    expected = TorchBackend(tiny_source.model)(batch)
     scale = float(np.abs(expected).max())
     # Uncompiled, the graph computes INC's quantize/dequantize steps exactly, whatever the
     # CPU: 8-bit rounding of 13 GEMMs' inputs moved these logits by <1% of their scale;

@@ -19,7 +19,7 @@ from edgener.encoding import Encoder, pad_arrays
 from edgener.predictor import Predictor
 from edgener.runtime import OnnxBackend, score, word_logits
 from edgener.tags import split_tag
-from edgener.torch_backends import torch_backend
+from edgener.torch_backends import TorchBackend
 from quantize import ort_quant
 from quantize.build import Source, calibration_reader
 from quantize.config import QuantizeConfig
@@ -62,7 +62,7 @@ def test_fp32_export_matches_pytorch(tiny_classifier, exported):
     model, encoder = tiny_classifier
     # A long sentence too, so that windows with padding and overlap are compared.
     sentences = [*TRAIN_WORDS[:3], ["word"] * 40]
-    parity = compare(torch_backend(model), OnnxBackend(exported), encoder, sentences, LABELS, 4)
+    parity = compare(TorchBackend(model), OnnxBackend(exported), encoder, sentences, LABELS, 4)
     assert parity.sentences == 4
     assert parity.max_abs_diff <= 1e-4
     assert parity.tag_mismatches == 0

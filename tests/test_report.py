@@ -13,6 +13,7 @@ from bench.measure import evenly_spaced, flops
 from bench.report import (
     LABEL_OFFSETS,
     add_ratios,
+    device_summaries,
     draw,
     log_ticks,
     markdown,
@@ -125,14 +126,17 @@ def row(name, p50, f1, precision="int8", source="L3", is_peer=False, floor=1.0, 
         peer=6.0):
     return {"name": name, "p50_ms": p50, "test_f1": f1, "precision": precision,
             "backend": "pytorch" if source == "teacher" and is_peer else "onnxruntime",
+            "device_type": "cpu", "device": "a CPU",
             "source": source, "is_peer": is_peer, "floor_ms": floor,
             "floor_ratio": p50 / floor, "speedup_vs_eager": eager / p50,
             "speedup_vs_peer": peer / p50}
 
 
-def timed(name, p50_rounds, anchor_rounds=None, f1=0.9, floor=None):
+def timed(name, p50_rounds, anchor_rounds=None, f1=0.9, floor=None, device="cpu"):
     """A measured row before add_ratios: p50 per round, and the anchor's beside it."""
     return {"name": name, "p50_ms": sorted(p50_rounds)[len(p50_rounds) // 2], "test_f1": f1,
+            "device_type": device, "device": "a GPU" if device == "cuda" else "a CPU",
+            "is_peer": name.startswith("teacher"), "precision": "fp32", "backend": "pytorch",
             "floor_ms": floor, "vs_anchor_rounds": None if anchor_rounds is None else
             [a / p for a, p in zip(anchor_rounds, p50_rounds, strict=True)]}
 
@@ -161,6 +165,67 @@ def test_without_an_anchor_ratios_are_of_p50s():
     assert rows[1]["speedup_vs_eager"] == 4.0 and rows[1]["speedup_vs_peer"] is None
 
 
+def test_each_device_is_compared_with_its_own_eager_teacher():
+    """A CPU set and a GPU set of planted rows: speedups are against the eager teacher on
+    the same device, each device has its own frontier and recommendation, and a GPU row's
+    speed never enters the CPU's comparison."""
+    cpu = [timed("teacher", [12.0], anchor_rounds=[2.0], f1=0.90),
+           timed("teacher-ort-dynamic-int8-unfused", [2.0], f1=0.899),
+           timed("L3", [6.0], anchor_rounds=[2.0], f1=0.885),
+           timed("L3-ort-int8-dynamic", [1.0], anchor_rounds=[2.0], f1=0.886)]
+    gpu = [timed("teacher-cuda-fp32", [4.0], f1=0.90, device="cuda"),
+           timed("teacher-cuda-fp16", [2.0], f1=0.90, device="cuda"),
+           timed("L3-cuda-fp16", [0.8], f1=0.888, device="cuda"),
+           timed("L3-cuda-int8", [1.0], f1=0.870, device="cuda")]  # slower and worse
+    rows = [gpu[0], *cpu[:2], gpu[2], *cpu[2:], gpu[1], gpu[3]]  # the devices interleaved
+    add_ratios(rows, anchor="teacher-ort-dynamic-int8-unfused")
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["L3-ort-int8-dynamic"]["speedup_vs_eager"] == pytest.approx(12.0)
+    assert by_name["L3"]["speedup_vs_eager"] == pytest.approx(2.0)
+    assert by_name["teacher-cuda-fp32"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert by_name["L3-cuda-fp16"]["speedup_vs_eager"] == pytest.approx(5.0)  # 4 / 0.8
+    assert by_name["L3-cuda-fp16"]["speedup_vs_peer"] is None  # the peer is a CPU row
+    assert by_name["L3-cuda-fp16"]["f1_change_vs_teacher"] == pytest.approx(-0.012)
+
+    summaries = device_summaries(rows, max_f1_drop=1.5)
+    assert [(d["type"], d["reference"]) for d in summaries] == [
+        ("cpu", "teacher"), ("cuda", "teacher-cuda-fp32")]
+    cpu_summary, gpu_summary = summaries
+    assert cpu_summary["anchored"] and not gpu_summary["anchored"]
+    # 0.8 ms on the GPU would dominate every CPU row on one frontier; per device it does not.
+    assert cpu_summary["pareto"] == ["L3-ort-int8-dynamic", "teacher-ort-dynamic-int8-unfused",
+                                     "teacher"]
+    assert gpu_summary["pareto"] == ["L3-cuda-fp16", "teacher-cuda-fp16"]
+    assert cpu_summary["recommendation"]["artifact"] == "L3-ort-int8-dynamic"
+    assert gpu_summary["recommendation"]["artifact"] == "L3-cuda-fp16"
+    assert gpu_summary["recommendation"]["summary"].startswith(
+        "recommended on the GPU: L3-cuda-fp16 — 5.0x faster than the eager teacher")
+
+    for r in rows:
+        r |= {"backend": "pytorch", "p50_spread_ms": 0.1, "p90_ms": r["p50_ms"],
+              "p99_ms": r["p50_ms"], "batch1_sps": 100.0, "batched_sps": 170.0,
+              "batched_vs_batch1": 1.7, "batched_floor_ratio": None, "batched_text_ms": 0.05,
+              "batched_differs": 0, "size_mb": 10.0, "peak_rss_mb": 200.0}
+    result = {"date": "today", "command": "python -m bench.report", "machine": "a CPU",
+              "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
+              "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
+                           "throughput_rounds": 2, "batch_tokens": 512},
+              "test_sentences": 80, "rows": rows, "failed": [], "wall_s": 60.0,
+              "devices": summaries}
+    md = markdown(result)
+    cpu_part, gpu_part = md.split("## GPU: a GPU")
+    assert "## CPU: a CPU, 2 threads" in cpu_part
+    assert "L3-cuda" not in cpu_part and "L3-ort-int8-dynamic" not in gpu_part
+    assert "**L3-cuda-fp16** ★" in gpu_part and "| L3-cuda-int8 |" in gpu_part
+    assert "recommended on the GPU: L3-cuda-fp16" in gpu_part
+    import matplotlib.pyplot as plt
+
+    figure = draw([("CPU", cpu, cpu_summary["pareto"]), ("GPU", gpu, gpu_summary["pareto"])])
+    assert len(figure.axes) == 2
+    assert {t.get_text() for t in figure.axes[1].texts} == {r["name"] for r in gpu}
+    plt.close(figure)
+
+
 def planted_rows() -> list[dict]:
     return [row("teacher", 20.0, 0.90, "fp32", "teacher", True, floor=5.0),
             row("teacher-ort-dynamic-int8-unfused", 6.0, 0.899, source="teacher",
@@ -179,8 +244,8 @@ def test_recommendation_is_the_fastest_artifact_within_the_f1_budget():
     assert chosen["f1_change_points"] == pytest.approx(-1.1)
     assert chosen["within_budget"] == 3 and chosen["measured"] == 4
     # It says what was chosen and why, in plain words.
-    assert chosen["summary"] == ("recommended: L3-ort-int8-static — 10.0x faster than the "
-                                 "eager teacher at 1.10 F1 points below it")
+    assert chosen["summary"] == ("recommended on the CPU: L3-ort-int8-static — 10.0x faster "
+                                 "than the eager teacher at 1.10 F1 points below it")
     assert "fastest of the 3 of 4 measured artifacts" in chosen["reason"]
     assert "within 1.5 points" in chosen["reason"]
     # A wider budget admits the 3-point drop, and the fastest row wins.
@@ -197,7 +262,7 @@ def test_without_an_artifact_in_the_budget_the_report_says_so():
     rows = planted_rows()
     nothing = recommend(rows, max_f1_drop=-1.0)
     assert nothing["artifact"] is None and nothing["within_budget"] == 0
-    assert nothing["summary"].startswith("no artifact is within -1 F1 points")
+    assert nothing["summary"].startswith("no artifact on the CPU is within -1 F1 points")
     assert "raise max_f1_drop" in nothing["reason"]
     no_teacher = recommend(rows[1:], max_f1_drop=1.5)
     assert no_teacher["artifact"] is None and "not measured" in no_teacher["summary"]
@@ -214,12 +279,14 @@ def test_markdown_shows_the_recommendation_and_no_pass_fail_marks():
               "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
               "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
                            "throughput_rounds": 2, "batch_tokens": 2048},
-              "test_sentences": 80, "rows": rows, "failed": [], "anchored": True,
-              "pareto": ["L2-ort-int8-static", "L3-ort-int8-static"], "wall_s": 60.0,
-              "recommendation": recommend(rows, 1.5)}
+              "test_sentences": 80, "rows": rows, "failed": [], "wall_s": 60.0,
+              "devices": [{"type": "cpu", "name": "a CPU", "reference": "teacher",
+                           "anchored": True,
+                           "pareto": ["L2-ort-int8-static", "L3-ort-int8-static"],
+                           "recommendation": recommend(rows, 1.5)}]}
     md = markdown(result)
-    assert "## Recommendation" in md
-    assert "recommended: L3-ort-int8-static — 10.0x faster than the eager teacher" in md
+    assert "## CPU: a CPU, 2 threads" in md and "### Recommendation" in md
+    assert "recommended on the CPU: L3-ort-int8-static — 10.0x faster than the eager" in md
     assert "2048 padded tokens a model call" in md and "| 1.70x | 1.2 | 0.050 | 0 |" in md
     assert "target" not in md.lower() and "issue" not in md.lower() and "missed" not in md
 
@@ -234,7 +301,7 @@ def test_plot_labels_stay_inside_the_figure_and_ticks_read_as_milliseconds():
                 is_peer=True)]
     rows += [row(f"L3-ort-int8-static-variant-{i}", 1.0 + 0.02 * i, 0.88 + 0.0005 * i)
              for i in range(5)]
-    figure = draw(rows, frontier=[rows[0]["name"], rows[2]["name"], rows[1]["name"]])
+    figure = draw([("CPU", rows, [rows[0]["name"], rows[2]["name"], rows[1]["name"]])])
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     axes = figure.axes[0]
@@ -299,7 +366,12 @@ def test_report_files_are_written_and_parse(reported):
     assert peers == {"teacher", "teacher-torch-dynamic-int8", "teacher-ort-dynamic-int8-unfused"}
     assert report["gemm_gflops"]["fp32"] > 0 and report["gemm_gflops"]["int8"] > 0
     assert report["date"] and report["test_sentences"] == 80 and report["failed"] == []
-    assert set(report["pareto"]) <= set(names) and report["pareto"]
+    # No CUDA here: every row is the CPU's, and the CPU is the only device compared.
+    assert {r["device_type"] for r in report["rows"]} == {"cpu"}
+    assert all(r["device"] and r["peak_gpu_mb"] is None for r in report["rows"])
+    [cpu] = report["devices"]
+    assert cpu["type"] == "cpu" and cpu["reference"] == "teacher" and cpu["anchored"]
+    assert set(cpu["pareto"]) <= set(names) and cpu["pareto"]
     md = (reported / "report" / "report.md").read_text()
     assert all(f"| {name}" in md or f"**{name}" in md for name in names)
     assert (reported / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -326,7 +398,7 @@ def test_report_batches_as_the_runtime_does_and_counts_what_batching_changed(rep
 @pytest.mark.slow
 def test_report_recommends_an_artifact_in_plain_words(reported):
     report = json.loads((reported / "report" / "report.json").read_text())
-    recommendation = report["recommendation"]
+    recommendation = report["devices"][0]["recommendation"]
     assert "checks" not in report and recommendation["max_f1_drop"] == 1.5
     names = {r["name"] for r in report["rows"] if not r["is_peer"]}
     assert recommendation["artifact"] is None or recommendation["artifact"] in names

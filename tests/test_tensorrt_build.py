@@ -18,7 +18,7 @@ from edgener.config import ConfigError
 from edgener.data import Sentence
 from edgener.encoding import Encoder, pad_arrays
 from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend
-from edgener.torch_backends import ProfiledBackend, torch_backend, torch_dtype
+from edgener.torch_backends import ProfiledBackend, TorchBackend, torch_dtype
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
 from quantize.config import QuantizeConfig
@@ -231,7 +231,7 @@ def test_exported_program_serves_every_shape_of_the_profile(classifier, encoder)
     attention = classifier.config._attn_implementation
     module = export_program(classifier, profile).module()
     assert classifier.config._attn_implementation == attention  # the source is untouched
-    reference = torch_backend(classifier)
+    reference = TorchBackend(classifier)
     for batch in batches(encoder):
         for start in range(0, len(batch["input_ids"]), profile.max[0]):
             part = {name: batch[name][start: start + profile.max[0]] for name in MODEL_INPUTS}
@@ -252,7 +252,7 @@ def test_qdq_model_for_tensorrt_is_int8_on_every_matmul_and_agrees(
     assert quantize_for_tensorrt(source, config(), plain, train_split(), target) == 16
     # Every weight MatMul reads int8 weights; only the embedding Gathers keep FP32 tables.
     assert set(ort_quant.float_ops(target)) == {"Gather"}
-    reference, quantized = torch_backend(classifier), OnnxBackend(target, threads=1)
+    reference, quantized = TorchBackend(classifier), OnnxBackend(target, threads=1)
     agree, total = label_agreement(reference, quantized, batches(encoder))
     assert agree / total >= 0.8
 
@@ -287,7 +287,7 @@ def test_fp16_engine_matches_pytorch_fp32_on_two_shapes(sharp_classifier, encode
     assert built.files["model.ep"].is_file()
     assert (built.backend, built.precision) == ("torch-tensorrt", "fp16")
     check_settings(built.details, "fp16", shape_profile(cfg, WINDOW, 128))
-    reference = torch_backend(sharp_classifier)
+    reference = TorchBackend(sharp_classifier)
     for batch in batches(encoder):
         expected, actual = reference(batch), built.runtime(batch)
         assert actual.shape == expected.shape
@@ -317,5 +317,5 @@ def test_int8_engine_mostly_agrees_with_pytorch_fp32_on_two_shapes(
     # A random head's logits for a token lie within ~0.35 of each other, so int8 rounding
     # flips near ties: ONNX Runtime running the same QDQ model on the CPU agrees on ~94%
     # of the labels.
-    agree, total = label_agreement(torch_backend(classifier), built.runtime, scoring)
+    agree, total = label_agreement(TorchBackend(classifier), built.runtime, scoring)
     assert agree / total >= 0.8
