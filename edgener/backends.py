@@ -68,5 +68,4 @@ def load_backend(folder: str | Path, manifest: dict, threads: int | None = None)
         from edgener import torch_backends
         if backend == "neural-compressor":
             return torch_backends.IncBackend(path, threads)
-        return torch_backends.engine_backend(folder, backend, path,
-                                             ShapeProfile.from_dict(manifest["tensorrt"]["shapes"]))
+        return torch_backends.engine_backend(folder, manifest, path)

@@ -177,9 +177,10 @@ def quantized_origin(manifest: dict) -> list[str]:
     if fallback.get("fp32_groups"):
         lines.append(f"Kept in FP32 by the sensitivity fallback: "
                      f"{', '.join(fallback['fp32_groups'])}.")
-    if method and manifest.get("fp32_ops"):
-        lines.append("Operators left in FP32: " + ", ".join(
-            f"{op} {n}" for op, n in manifest["fp32_ops"].items()) + ".")
+    for key, precision in (("fp32_ops", "FP32"), ("fp16_ops", "FP16")):
+        if method and manifest.get(key):
+            lines.append(f"Operators left in {precision}: " + ", ".join(
+                f"{op} {n}" for op, n in manifest[key].items()) + ".")
     if "reference_valid_f1" in manifest and "valid_f1" in manifest:
         verdict = "within" if manifest.get("within_budget") else "over"
         lines.append(f"Valid F1 {pct(manifest['valid_f1'])} against "

@@ -6,6 +6,7 @@ print one line, never a traceback).
     edge-ner evaluate ARTIFACT test.txt
     edge-ner info ARTIFACT
     edge-ner serve ARTIFACT --port 8080   (an HTTP service; needs edge-ner[serve])
+    edge-ner build-engine ARTIFACT   (a trt-int8 engine for this GPU; needs TensorRT)
     edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
 
 Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
@@ -333,6 +334,19 @@ def scores_table(scores: dict, title: str):
     return table
 
 
+def command_build_engine(args: argparse.Namespace) -> int:
+    from edgener.tensorrt_engine import ENGINE, rebuild
+
+    with get_console().status(f"building {ENGINE} for this GPU"):
+        manifest = rebuild(args.artifact)
+    facts = manifest["tensorrt"]
+    get_console().print(f"{Path(args.artifact) / ENGINE}: built for {facts['gpu']} (compute "
+                        f"{facts['compute_capability']}) with TensorRT "
+                        f"{facts['tensorrt_version']} in {facts['rebuilt']['seconds']:.0f} s",
+                        highlight=False, soft_wrap=True)
+    return 0
+
+
 def command_info(args: argparse.Namespace) -> int:
     from edgener.artifacts import read_json
     from edgener.predictor import read_artifact_manifest
@@ -461,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let ONNX Runtime's threads spin between operators (faster on "
                        "cores the server does not share; off by default)")
     serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
+    engine = commands.add_parser(
+        "build-engine", help="rebuild a trt-int8 artifact's TensorRT engine for this GPU "
+        "and TensorRT release, from the model.qdq.onnx it ships (needs TensorRT and CUDA)")
+    engine.add_argument("artifact", help="a trt-int8 folder: runs/<run>/quantized/<name>")
+    engine.set_defaults(handler=command_build_engine)
     info = commands.add_parser("info", help="what an artifact is and what it scores")
     info.add_argument("artifact")
     info.add_argument("--verify", action="store_true",

@@ -20,6 +20,7 @@ import torch
 from edgener.artifacts import ArtifactError
 from edgener.backends import ShapeProfile
 from edgener.runtime import MODEL_INPUTS, Backend
+from edgener.tensorrt_engine import dtype_name
 
 # The compiled program takes int32 ids: TensorRT's index type, and every id, mask and
 # type value fits; the backend casts the runtime's int64 arrays.
@@ -129,14 +130,9 @@ class IncBackend(GraphBackend):
         super().__init__(model, threads, compile)
 
 
-def trt_dtype_name(dtype: object) -> str:
-    """'FLOAT' for trt.DataType.FLOAT (and for the plain string 'DataType.FLOAT')."""
-    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
-
-
 def torch_dtype(dtype: object) -> torch.dtype:
     """The torch dtype of a TensorRT DataType (or its name)."""
-    name = trt_dtype_name(dtype)
+    name = dtype_name(dtype)
     if name not in TRT_DTYPES:
         raise TypeError(f"no torch dtype for TensorRT {name}")
     return TRT_DTYPES[name]
@@ -181,31 +177,37 @@ class TorchTensorRTBackend(ProfiledBackend):
 
 
 class TensorRTEngineBackend(ProfiledBackend):
-    """A serialized TensorRT engine, run on torch CUDA tensors as its I/O buffers."""
+    """A deserialized TensorRT engine, run on torch tensors on `device` as its I/O buffers
+    (`from_file` loads one; any object with TensorRT's engine API will do)."""
 
-    def __init__(self, path: str | Path, profile: ShapeProfile):
+    def __init__(self, engine, profile: ShapeProfile, device: str = "cuda"):
+        super().__init__(profile)
+        self.engine, self.device = engine, device
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if dtype_name(engine.get_tensor_mode(n)) == "INPUT"]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    @classmethod
+    def from_file(cls, path: str | Path, profile: ShapeProfile) -> TensorRTEngineBackend:
         import tensorrt as trt
 
-        super().__init__(profile)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        # The runtime and engine must outlive the context that executes on them.
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise ArtifactError(f"TensorRT cannot load {path} (built for another GPU "
-                                     "or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names
-                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise ArtifactError(f"TensorRT cannot load {path} (its log above says why)")
+        backend = cls(engine, profile)
+        # The runtime must outlive the engine and its context.
+        backend.runtime, backend.logger = runtime, logger
+        return backend
 
     @torch.no_grad()
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {}
         for name in self.inputs:
             tensor = torch.from_numpy(batch[name]).to(
-                "cuda", torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
+                self.device, torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
             feeds[name] = tensor  # alive until the engine has read it
@@ -213,11 +215,12 @@ class TensorRTEngineBackend(ProfiledBackend):
         for name in self.outputs:
             results[name] = torch.empty(tuple(self.context.get_tensor_shape(name)),
                                         dtype=torch_dtype(self.engine.get_tensor_dtype(name)),
-                                        device="cuda")
+                                        device=self.device)
             self.context.set_tensor_address(name, results[name].data_ptr())
         # The current stream orders the engine after the input copies above; .cpu() below
         # waits for it.
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        stream = torch.cuda.current_stream().cuda_stream if self.device == "cuda" else 0
+        if not self.context.execute_async_v3(stream):
             raise RuntimeError("TensorRT failed to run the engine")
         return results[self.outputs[0]].float().cpu().numpy()
 
@@ -257,12 +260,17 @@ def hf_model(folder: Path, device: str = "cpu", precision: str = "fp32") -> torc
     return model
 
 
-def engine_backend(folder: Path, backend: str, path: Path, profile: ShapeProfile) -> Backend:
-    """A TensorRT engine or Torch-TensorRT program, which needs an NVIDIA GPU."""
+def engine_backend(folder: Path, manifest: dict, path: Path) -> Backend:
+    """A TensorRT engine or Torch-TensorRT program, which needs an NVIDIA GPU, and the GPU
+    model and TensorRT release it was built for."""
+    from edgener.tensorrt_engine import check_binding, machine_facts
+
+    backend, settings = manifest["backend"], manifest["tensorrt"]
     if not torch.cuda.is_available():
         raise ArtifactError(f"{folder} is a {backend} engine and needs an NVIDIA GPU; "
                             "this machine has no CUDA device")
+    check_binding(folder, backend, settings, machine_facts())
+    profile = ShapeProfile.from_dict(settings["shapes"])
     if backend == "torch-tensorrt":
         return TorchTensorRTBackend(path, profile)
-    return TensorRTEngineBackend(path, profile)
-
+    return TensorRTEngineBackend.from_file(path, profile)

@@ -35,6 +35,7 @@ from edgener.artifacts import (
     write_json_atomic,
 )
 from edgener.backbone import load_stage_model
+from edgener.backends import MODEL_FILES
 from edgener.config import (
     ConfigError,
     as_dict,
@@ -172,9 +173,6 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
                            as_dict(config) | {"models": None, "variants": None}])
     console.print(f"\n[bold]{source.name}[/] ({source.folder})")
 
-    def f1_of(backend: Backend, split: str = "valid") -> float:
-        return evaluate(backend, source, splits[split], config)["f1"]
-
     def variant_id(variant: str) -> str:
         return fingerprint([base_id, variant])
 
@@ -306,7 +304,10 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
         return inc_quant.build(source, config, splits, min_f1, work)
     from quantize import tensorrt_build
 
-    return tensorrt_build.build(variant, source, config, plain, splits, work)
+    def f1_of(backend: Backend) -> float:
+        return evaluate(backend, source, splits["valid"], config)["f1"]
+
+    return tensorrt_build.build(variant, source, config, plain, splits, work, f1_of, min_f1)
 
 
 def calibration_reader(source: Source, config: QuantizeConfig, splits: dict):
@@ -388,7 +389,9 @@ def precision_note(row: dict) -> str | None:
 def publish(out_dir: Path, built: Built, source: Source, config: QuantizeConfig,
             config_id: str, valid: dict, test: dict, reference: float, min_f1: float,
             seconds: float) -> dict:
-    size = sum(file_size(path) for path in built.files.values())
+    # The model's size, not its companions' (a trt-int8 folder also ships the engine's
+    # source, which the box never loads).
+    size = file_size(built.files[MODEL_FILES[built.backend]])
     manifest = make_manifest(
         "quantized",
         config_fingerprint=config_id,

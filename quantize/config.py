@@ -39,6 +39,9 @@ class QuantizeConfig:
     static_max_f1_drop: float = 0.005
     # neural-compressor
     inc_max_trials: int = 8
-    # TensorRT (CUDA only)
+    # TensorRT (CUDA only): the engines accept (1, 1) to (trt_max_batch, trt_max_length)
+    # and are tuned for (trt_opt_batch, trt_opt_length): one text at a time by default.
     trt_max_batch: int = 64
     trt_max_length: int | None = None  # None: the encoder's window length
+    trt_opt_batch: int = 1
+    trt_opt_length: int | None = None  # None: the median window length of valid

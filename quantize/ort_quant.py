@@ -171,8 +171,9 @@ def gather_before_dequantize(model: onnx.ModelProto) -> int:
 
 
 def float_weights(model: onnx.ModelProto) -> set[str]:
-    return {init.name for init in model.graph.initializer
-            if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2}
+    """Float matrices (FP32, or FP16 in trt-int8's FP16 regions) among the initializers."""
+    return {init.name for init in model.graph.initializer if len(init.dims) == 2
+            and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
 
 
 def quantizable_nodes(path: Path, quantize_embeddings: bool) -> list[onnx.NodeProto]:

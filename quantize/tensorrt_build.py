@@ -13,8 +13,15 @@ ModelOpt to insert the Q/DQ nodes; this path reuses the project's calibration an
 quantizer instead, the ones the CPU variants already judge, and TensorRT 11 has no other
 INT8 route (its implicit INT8 calibration and precision builder flags are gone).
 
-Both artifacts hold engines for one GPU architecture and one TensorRT version; the settings
-they were built with go to the manifest.
+Both artifacts hold engines for one GPU model and one TensorRT version; the manifest
+records both, and a trt-int8 folder ships the engine's QDQ source (model.qdq.onnx) so that
+`edge-ner build-engine` can rebuild it on another device (edgener.tensorrt_engine).
+
+The engines are tuned for the report's case, one text at a time: the optimization profile's
+optimum is batch 1 at the median window length of the valid split (trt_opt_batch and
+trt_opt_length change it). In trt-int8 the regions the Q/DQ pairs leave out (LayerNorm,
+GELU, softmax, residual adds) run in FP16, unless that costs more valid F1 than the budget
+allows; then they are built again in FP32.
 """
 
 from __future__ import annotations
@@ -23,22 +30,23 @@ import copy
 import dataclasses
 import importlib
 import importlib.util
-from collections.abc import Iterable
+import statistics
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import ModuleType
 
+import onnx
 import torch
 
 from edgener.artifacts import ArtifactError
 from edgener.backends import ShapeProfile
 from edgener.config import ConfigError
 from edgener.runtime import MODEL_INPUTS
+from edgener.tensorrt_engine import ENGINE, ENGINE_SOURCE, build_engine, machine_facts
 from edgener.torch_backends import (
     PROGRAM_INPUT_DTYPE,
     TensorRTEngineBackend,
     TokenLogits,
     TorchTensorRTBackend,
-    trt_dtype_name,
 )
 from quantize import ort_quant
 from quantize.build import Built, Source
@@ -53,15 +61,11 @@ INSTALL_HINT = "pip install -e '.[tensorrt]'"
 WANTED_COMPILE_SETTINGS = {"use_explicit_typing": True, "attn_bias_is_causal": False}
 
 
-class TensorRTBuildError(RuntimeError):
-    """TensorRT could not parse or build a model."""
-
-
-def shape_profile(config: QuantizeConfig, window_length: int,
+def shape_profile(config: QuantizeConfig, window_length: int, median_length: int,
                   position_limit: int | None = None) -> ShapeProfile:
     """min (1, 1), max (trt_max_batch, trt_max_length or the encoder's window length), opt
-    half the window (dynamic padding makes most batches shorter than the window) and as
-    many rows as a scoring batch's token budget holds at that length."""
+    (trt_opt_batch, trt_opt_length or `median_length`): the shape most calls have when
+    texts come one at a time, as the report's latency and a service at low load see them."""
     max_batch = config.trt_max_batch
     max_length = config.trt_max_length or window_length
     if max_batch < 1:
@@ -72,9 +76,17 @@ def shape_profile(config: QuantizeConfig, window_length: int,
     if position_limit is not None and max_length > position_limit:
         raise ConfigError(f"trt_max_length {max_length} exceeds the model's "
                           f"{position_limit} position embeddings")
-    opt_length = max(1, (max_length + 1) // 2)
-    opt = (max(1, min(config.eval_batch_tokens // opt_length, max_batch)), opt_length)
+    opt = (config.trt_opt_batch, config.trt_opt_length or min(median_length, max_length))
+    if not (1 <= opt[0] <= max_batch and 1 <= opt[1] <= max_length):
+        raise ConfigError(f"trt_opt_batch and trt_opt_length {opt} must lie within the "
+                          f"engine's shapes, (1, 1) to ({max_batch}, {max_length})")
     return ShapeProfile((1, 1), opt, (max_batch, max_length))
+
+
+def median_window_length(source: Source, sentences: list) -> int:
+    """The median length in tokens of the windows of `sentences`, [CLS] and [SEP] included."""
+    windows = source.encoder.encode_all([s.words for s in sentences])
+    return round(statistics.median(len(w.input_ids) for w in windows)) if windows else 1
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -97,10 +109,12 @@ def tensorrt_available() -> tuple[bool, str]:
 
 
 def build(variant: str, source: Source, config: QuantizeConfig, plain: Path, splits: dict,
-          work: Path) -> Built:
+          work: Path, f1_of: Callable[[object], float], min_f1: float) -> Built:
     """Build `variant` (trt-fp16 or trt-int8) for `source`. Its runtime reads the artifact
-    back from disk, so that what is scored is what is published. Raises ArtifactError with
-    tensorrt_available()'s reason where CUDA or TensorRT is missing."""
+    back from disk, so that what is scored is what is published; `f1_of(backend)` is a
+    backend's valid F1, which trt-int8's FP16 regions must keep at `min_f1` or above.
+    Raises ArtifactError with tensorrt_available()'s reason where CUDA or TensorRT is
+    missing."""
     if variant not in GPU_VARIANTS:
         raise ValueError(f"{variant!r} is not a TensorRT variant; known: "
                          f"{', '.join(GPU_VARIANTS)}")
@@ -108,12 +122,13 @@ def build(variant: str, source: Source, config: QuantizeConfig, plain: Path, spl
     if not available:
         raise ArtifactError(f"{variant}: {reason}")
     profile = shape_profile(config, source.encoder.max_length,
+                            median_window_length(source, splits["valid"]),
                             getattr(source.model.config, "max_position_embeddings", None))
     out = work / variant
     out.mkdir(parents=True, exist_ok=True)
     if variant == "trt-fp16":
         return build_fp16(source, profile, out)
-    return build_int8(source, config, plain, splits, profile, out)
+    return build_int8(source, config, plain, splits, profile, out, f1_of, min_f1)
 
 
 def dynamic_shapes(profile: ShapeProfile) -> dict:
@@ -178,30 +193,61 @@ def build_fp16(source: Source, profile: ShapeProfile, out: Path) -> Built:
                "tensorrt": {"precision": "fp16",
                             "typing": "strong: fp16 weights and activations",
                             "input_dtype": str(PROGRAM_INPUT_DTYPE).removeprefix("torch."),
-                            "shapes": profile.as_dict(),
-                            "compile_settings": settings, **device_facts()}}
+                            "shapes": profile.as_dict(), "compile_settings": settings,
+                            "torch_tensorrt_version": torch_tensorrt.__version__,
+                            **machine_facts()}}
     return Built({"model.ep": path}, "torch-tensorrt", "fp16",
                  TorchTensorRTBackend(path, profile), details)
 
 
 def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict,
-               profile: ShapeProfile, out: Path) -> Built:
-    qdq = out / "model.qdq.onnx"
+               profile: ShapeProfile, out: Path, f1_of: Callable[[object], float],
+               min_f1: float) -> Built:
+    """The QDQ model with its float regions in FP16, built into an engine; if that engine
+    misses min_f1 on valid, the same model with FP32 regions instead."""
+    qdq = out / "fp32-regions.qdq.onnx"
     sentences = quantize_for_tensorrt(source, config, plain, splits, qdq)
-    engine_path = out / "model.engine"
-    io = build_engine(qdq, engine_path, profile)
-    details = {"engine": "serialized TensorRT engine (model.engine)",
+    half = out / ENGINE_SOURCE
+    fp16_regions(qdq, half)
+    engine = out / ENGINE
+    io = build_engine(half, engine, profile)
+    runtime = TensorRTEngineBackend.from_file(engine, profile)
+    regions, half_f1 = "fp16", f1_of(runtime)
+    if half_f1 < min_f1:
+        half.unlink()
+        qdq.rename(half)
+        io = build_engine(half, engine, profile)
+        runtime = TensorRTEngineBackend.from_file(engine, profile)
+        regions = "fp32"
+    details = {"engine": f"serialized TensorRT engine ({ENGINE}), built from {ENGINE_SOURCE} "
+                         f"(`edge-ner build-engine` rebuilds it on another GPU)",
                "quantization": "static QDQ, TensorRT explicit quantization",
                "calibration": {"method": config.calibration_method,
                                "sentences": sentences, "split": "train"},
                "weights": "int8 symmetric per-channel", "activations": "int8 symmetric",
-               "embeddings_quantized": False, "fp32_ops": ort_quant.float_ops(qdq),
+               "embeddings_quantized": False,
+               f"{regions}_ops": ort_quant.float_ops(half),
                "tensorrt": {"precision": "int8",
-                            "typing": "strong: int8 where the Q/DQ pairs say, fp32 elsewhere",
-                            "io_dtypes": io, "shapes": profile.as_dict(),
-                            **device_facts()}}
-    return Built({"model.engine": engine_path}, "tensorrt", "int8",
-                 TensorRTEngineBackend(engine_path, profile), details)
+                            "typing": f"strong: int8 where the Q/DQ pairs say, {regions} "
+                                      "elsewhere",
+                            "float_regions": regions,
+                            "fp16_regions_valid_f1": half_f1, "io_dtypes": io,
+                            "shapes": profile.as_dict(), **machine_facts()}}
+    return Built({ENGINE: engine, ENGINE_SOURCE: half}, "tensorrt", "int8", runtime, details)
+
+
+def fp16_regions(qdq: Path, target: Path) -> None:
+    """The QDQ model with every float tensor outside the Q/DQ pairs in FP16, the logits
+    output kept FP32. Scales turn FP16 too, so each DequantizeLinear gives FP16 directly,
+    which needs opset 19; the ops this export uses mean the same at 17 and 19."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(qdq))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 19)
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(target))
 
 
 def quantize_for_tensorrt(source: Source, config: QuantizeConfig, plain: Path, splits: dict,
@@ -215,53 +261,3 @@ def quantize_for_tensorrt(source: Source, config: QuantizeConfig, plain: Path, s
     ort_quant.quantize_static_qdq(plain, target, reader, config.calibration_method,
                                   quantize_embeddings=False, symmetric_activations=True)
     return reader.sentences
-
-
-def network_flags(trt: ModuleType) -> int:
-    """A strongly typed network, as TensorRT's explicit-quantization guide asks (with no
-    precision flags): TensorRT 10 needs the creation flag for it, TensorRT 11 accepts the
-    flag and is strongly typed anyway."""
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
-
-
-def build_engine(onnx_path: Path, engine_path: Path, profile: ShapeProfile) -> dict:
-    """Parse an ONNX model, build an engine for `profile` on every input and serialize it to
-    engine_path; returns the engine's input and output dtypes."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
-    builder_config = builder.create_builder_config()
-    optimization = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        optimization.set_shape(network.get_input(index).name, profile.min, profile.opt,
-                               profile.max)
-    builder_config.add_optimization_profile(optimization)
-    serialized = builder.build_serialized_network(network, builder_config)
-    if serialized is None:
-        raise TensorRTBuildError(f"TensorRT could not build an engine from {onnx_path.name} "
-                                 "(its log above says why)")
-    with open(engine_path, "wb") as f:
-        f.write(serialized)
-    io = [network.get_input(i) for i in range(network.num_inputs)] + \
-        [network.get_output(i) for i in range(network.num_outputs)]
-    return {tensor.name: trt_dtype_name(tensor.dtype) for tensor in io}
-
-
-def device_facts() -> dict:
-    import tensorrt
-    import torch_tensorrt
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"tensorrt_version": tensorrt.__version__,
-            "torch_tensorrt_version": torch_tensorrt.__version__,
-            "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
-            "gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-
-

@@ -1,32 +1,40 @@
 """TensorRT variants. The CPU-side pieces (shape profiles, the dynamic torch.export, the QDQ
-model, the availability check) run everywhere; building and running engines needs CUDA,
-TensorRT and Torch-TensorRT, and those tests skip with tensorrt_available()'s reason."""
+model and its FP16 regions, the availability check, the engine's GPU binding, and the
+engine backend driving a planted engine) run everywhere; building and running real engines
+needs CUDA, TensorRT and Torch-TensorRT, and those tests skip with tensorrt_available()'s
+reason."""
 
 from __future__ import annotations
 
+import ctypes
+import json
+import subprocess
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
+from edgener import tensorrt_engine
 from edgener.artifacts import ArtifactError
-from edgener.backends import ShapeProfile
+from edgener.backends import ShapeProfile, load_backend
 from edgener.config import ConfigError
 from edgener.data import Sentence
 from edgener.encoding import Encoder, pad_arrays
 from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend
-from edgener.torch_backends import ProfiledBackend, TorchBackend, torch_dtype
+from edgener.tensorrt_engine import check_binding, rebuild
+from edgener.torch_backends import ProfiledBackend, TensorRTEngineBackend, TorchBackend
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
 from quantize.config import QuantizeConfig
 from quantize.onnx_export import export_onnx
 from quantize.tensorrt_build import (
     build,
-    compile_settings,
     export_program,
+    fp16_regions,
+    median_window_length,
     quantize_for_tensorrt,
     shape_profile,
     tensorrt_available,
@@ -97,58 +105,54 @@ def make_source(model: torch.nn.Module, encoder: Encoder, folder: Path) -> Sourc
 
 
 def train_split() -> dict[str, list[Sentence]]:
-    return {"train": [Sentence(words, ["O"] * len(words)) for words in SENTENCES]}
+    """The planted sentences as train (calibration) and valid (the median length)."""
+    sentences = [Sentence(words, ["O"] * len(words)) for words in SENTENCES]
+    return {"train": sentences, "valid": sentences}
 
 
 # Shape profiles
 
 
-def test_shape_profile_spans_one_token_to_the_configured_maximum():
-    # 1,024 tokens a scoring batch: 16 rows of half the 128-token window.
-    profile = shape_profile(config(trt_max_batch=64, eval_batch_tokens=1024), window_length=128)
-    assert profile == ShapeProfile(min=(1, 1), opt=(16, 64), max=(64, 128))
-    longer = shape_profile(config(trt_max_batch=64, eval_batch_tokens=1024, trt_max_length=256),
-                           window_length=128, position_limit=512)
-    assert longer.max == (64, 256) and longer.opt == (8, 128)
-    # Scoring batches larger than the engine's maximum run in slices of the maximum.
-    assert shape_profile(config(trt_max_batch=8, eval_batch_tokens=4096), 32).opt == (8, 16)
+def test_shape_profile_is_tuned_for_one_text_at_the_median_length():
+    profile = shape_profile(config(trt_max_batch=64), window_length=128, median_length=23)
+    assert profile == ShapeProfile(min=(1, 1), opt=(1, 23), max=(64, 128))
+    longer = shape_profile(config(trt_max_batch=64, trt_max_length=256), window_length=128,
+                           median_length=23, position_limit=512)
+    assert longer.max == (64, 256) and longer.opt == (1, 23)
+    # A service under load can tune for its batches instead.
+    tuned = shape_profile(config(trt_max_batch=64, trt_opt_batch=16, trt_opt_length=64),
+                          128, 23)
+    assert tuned.opt == (16, 64)
     assert profile.as_dict() == {"axes": ["batch", "sequence"], "min": [1, 1],
-                                 "opt": [16, 64], "max": [64, 128]}
+                                 "opt": [1, 23], "max": [64, 128]}
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"trt_max_batch": 0}, "trt_max_batch"),
     ({"trt_max_length": 16}, "shorter than the encoder's 32-token windows"),
     ({"trt_max_length": 256}, "exceeds the model's 128 position embeddings"),
+    ({"trt_opt_batch": 9}, "must lie within the engine's shapes"),
+    ({"trt_opt_length": 40}, "must lie within the engine's shapes"),
 ])
 def test_shape_profile_rejects_shapes_the_engine_could_not_serve(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        shape_profile(config(**overrides), window_length=32, position_limit=128)
+        shape_profile(config(**overrides), window_length=32, median_length=12,
+                      position_limit=128)
+
+
+def test_median_window_length_counts_the_encoders_tokens(classifier, encoder, tmp_path):
+    source = make_source(classifier, encoder, tmp_path)
+    sentences = train_split()["train"]
+    lengths = sorted(len(w.input_ids) for w in encoder.encode_all([s.words for s in sentences]))
+    # 24 sentences of 3 to 40 words in 32-token windows: some split, all lengths differ.
+    assert lengths[0] < lengths[len(lengths) // 2] < lengths[-1] == WINDOW
+    assert median_window_length(source, sentences) == round(np.median(lengths))
 
 
 def test_example_shape_stays_off_size_one_on_dynamic_axes():
     assert ShapeProfile((1, 1), (1, 1), (8, 32)).example_shape() == (2, 2)
     assert ShapeProfile((1, 1), (4, 16), (8, 32)).example_shape() == (4, 16)
     assert ShapeProfile((1, 1), (1, 16), (1, 32)).example_shape() == (1, 16)  # static batch
-
-
-# Small helpers
-
-
-def test_compile_settings_keep_only_fields_the_installed_release_has():
-    assert compile_settings(["use_explicit_typing", "min_block_size"]) == \
-        {"use_explicit_typing": True}
-    assert compile_settings(["attn_bias_is_causal", "use_explicit_typing"]) == \
-        {"use_explicit_typing": True, "attn_bias_is_causal": False}
-    assert compile_settings([]) == {}
-
-
-def test_tensorrt_dtypes_map_to_torch():
-    assert torch_dtype("FLOAT") is torch.float32
-    assert torch_dtype("DataType.INT64") is torch.int64
-    assert torch_dtype(SimpleNamespace(name="HALF")) is torch.float16
-    with pytest.raises(TypeError, match="FP8"):
-        torch_dtype("FP8")
 
 
 class RecordingBackend(ProfiledBackend):
@@ -180,13 +184,6 @@ def test_profiled_backend_runs_large_batches_in_slices_and_refuses_long_windows(
 # Availability
 
 
-def test_tensorrt_availability_on_this_machine_is_one_line():
-    assert isinstance(AVAILABLE, bool)
-    assert REASON and "\n" not in REASON
-    if not torch.cuda.is_available():
-        assert not AVAILABLE and "CUDA" in REASON
-
-
 def test_without_cuda_the_reason_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     available, reason = tensorrt_available()
@@ -208,19 +205,19 @@ def test_build_without_tensorrt_raises_with_the_reason(monkeypatch, tmp_path, va
     _, reason = tensorrt_available()
     # Nothing past the availability check is touched, so no model is needed.
     with pytest.raises(ArtifactError) as error:
-        build(variant, None, config(), tmp_path / "model.onnx", {}, tmp_path)
+        build(variant, None, config(), tmp_path / "model.onnx", {}, tmp_path, None, 0.0)
     assert reason in str(error.value) and variant in str(error.value)
 
 
 @pytest.mark.skipif(AVAILABLE, reason="TensorRT is usable here")
 def test_build_on_this_machine_raises_with_the_reason(tmp_path):
     with pytest.raises(ArtifactError, match="CUDA|TensorRT|tensorrt"):
-        build("trt-fp16", None, config(), tmp_path / "model.onnx", {}, tmp_path)
+        build("trt-fp16", None, config(), tmp_path / "model.onnx", {}, tmp_path, None, 0.0)
 
 
 def test_build_rejects_other_variants(tmp_path):
     with pytest.raises(ValueError, match="not a TensorRT variant"):
-        build("ort-fp32", None, config(), tmp_path / "model.onnx", {}, tmp_path)
+        build("ort-fp32", None, config(), tmp_path / "model.onnx", {}, tmp_path, None, 0.0)
 
 
 # The CPU halves of the two builds
@@ -268,6 +265,183 @@ def label_agreement(reference: Backend, candidate: Backend,
     return agree, total
 
 
+# The FP16 regions of trt-int8
+
+
+def test_fp16_regions_keep_the_int8_products_and_the_labels(classifier, encoder, tmp_path):
+    """Every float weight and scale of the QDQ model in FP16, each DequantizeLinear giving
+    FP16, the logits still FP32; ONNX Runtime runs it on the CPU and it keeps the labels of
+    the same model with FP32 regions."""
+    import onnx
+
+    plain = tmp_path / "model.onnx"
+    export_onnx(classifier, plain, 17)
+    qdq, half = tmp_path / "fp32-regions.onnx", tmp_path / "model.qdq.onnx"
+    quantize_for_tensorrt(make_source(classifier, encoder, tmp_path), config(), plain,
+                          train_split(), qdq)
+    fp16_regions(qdq, half)
+    model = onnx.load(str(half))
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    kinds = {i.data_type for i in model.graph.initializer if i.data_type in floats}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert ort_quant.float_ops(half) == ort_quant.float_ops(qdq)  # the same ops stay float
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.FLOAT]
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    regions = OnnxBackend(qdq, threads=1)
+    agree, total = label_agreement(regions, OnnxBackend(half, threads=1), batches(encoder))
+    assert agree / total >= 0.95
+
+
+# The engine backend and the engine's binding, on the CPU with a planted engine
+
+
+class PlantedEngine:
+    """TensorRT's engine API over host memory: int32 inputs, FP32 logits of
+    `input_ids + 10 * attention_mask + 100 * token_type_ids` in each of 3 labels, read and
+    written through the addresses the backend sets, as TensorRT reads device pointers."""
+
+    names = [*MODEL_INPUTS, "logits"]
+
+    def __init__(self):
+        self.contexts = []
+
+    num_io_tensors = 4
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.names[index]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "TensorIOMode.OUTPUT" if name == "logits" else "TensorIOMode.INPUT"
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return "DataType.FLOAT" if name == "logits" else "DataType.INT32"
+
+    def create_execution_context(self):
+        self.contexts.append(PlantedContext())
+        return self.contexts[-1]
+
+
+class PlantedContext:
+    def __init__(self):
+        self.shapes, self.addresses, self.calls = {}, {}, []
+
+    def set_input_shape(self, name: str, shape: tuple) -> None:
+        self.shapes[name] = shape
+
+    def set_tensor_address(self, name: str, address: int) -> None:
+        self.addresses[name] = address
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return (*self.shapes["input_ids"], 3)
+
+    def read(self, name: str, ctype, shape: tuple) -> np.ndarray:
+        count = int(np.prod(shape))
+        buffer = (ctype * count).from_address(self.addresses[name])
+        return np.ctypeslib.as_array(buffer).reshape(shape)
+
+    def execute_async_v3(self, stream: int) -> bool:
+        shape = self.shapes["input_ids"]
+        assert all(self.shapes[name] == shape for name in MODEL_INPUTS)
+        ids, mask, types = (self.read(n, ctypes.c_int32, shape) for n in MODEL_INPUTS)
+        out = self.read("logits", ctypes.c_float, (*shape, 3))
+        out[...] = (ids + 10 * mask + 100 * types)[..., None]
+        self.calls.append(shape)
+        return True
+
+
+def planted_batch(rows: int, length: int) -> dict[str, np.ndarray]:
+    ids = np.arange(rows * length, dtype=np.int64).reshape(rows, length) + 1
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": (ids % 2).astype(np.int64)}
+
+
+def test_engine_backend_runs_one_text_and_slices_large_batches():
+    engine = PlantedEngine()
+    backend = TensorRTEngineBackend(engine, ShapeProfile((1, 1), (1, 12), (4, 32)),
+                                    device="cpu")
+    one = planted_batch(1, 12)
+    logits = backend(one)
+    context = engine.contexts[0]
+    assert context.calls == [(1, 12)]  # batch 1 goes to the engine as it is
+    expected = one["input_ids"] + 10 + 100 * one["token_type_ids"]
+    assert logits.shape == (1, 12, 3) and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits[..., 2], expected)
+    ten = planted_batch(10, 20)
+    np.testing.assert_array_equal(backend(ten)[..., 0],
+                                  ten["input_ids"] + 10 + 100 * ten["token_type_ids"])
+    assert context.calls[1:] == [(4, 20), (4, 20), (2, 20)]
+    with pytest.raises(ValueError, match="maximum of 32 tokens"):
+        backend(planted_batch(1, 33))
+
+
+FACTS = {"gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0",
+         "tensorrt_version": "10.3.0", "cuda_version": "12.6", "torch_version": "2.13.0"}
+
+
+def test_an_engine_loads_only_where_it_was_built(tmp_path):
+    folder = tmp_path / "L3-trt-int8"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"tensorrt": FACTS}))
+    recorded = json.loads((folder / "manifest.json").read_text())["tensorrt"]
+    check_binding(folder, "tensorrt", recorded, dict(FACTS))  # the same machine: loads
+    orin = FACTS | {"gpu": "Orin", "compute_capability": "8.7"}
+    with pytest.raises(ArtifactError) as error:
+        check_binding(folder, "tensorrt", recorded, orin)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "NVIDIA A100-SXM4-80GB (compute 8.0) with TensorRT 10.3.0" in message
+    assert "this is Orin (compute 8.7)" in message
+    assert f"`edge-ner build-engine {folder}`" in message
+    with pytest.raises(ArtifactError, match="TensorRT 10.7.0: rebuild it here"):
+        check_binding(folder, "tensorrt", recorded, FACTS | {"tensorrt_version": "10.7.0"})
+    # A Torch-TensorRT program has no QDQ source: the stage rebuilds it.
+    with pytest.raises(ArtifactError, match=r"make quantize ARGS=\"--fresh variants=\[trt-fp16"):
+        check_binding(folder, "torch-tensorrt", recorded, orin)
+
+
+def planted_trt_folder(tmp_path: Path, backend: str = "tensorrt", source: bool = True) -> Path:
+    folder = tmp_path / "L3-trt-int8"
+    folder.mkdir()
+    manifest = {"stage": "quantized", "backend": backend, "precision": "int8",
+                "tensorrt": FACTS | {"shapes": ShapeProfile((1, 1), (1, 12), (4, 32)).as_dict()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "model.engine").write_bytes(b"an engine for another GPU")
+    if source:
+        (folder / "model.qdq.onnx").write_bytes(b"its source")
+    return folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_without_cuda_an_engine_folder_says_it_needs_a_gpu(tmp_path):
+    folder = planted_trt_folder(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with pytest.raises(ArtifactError, match="needs an NVIDIA GPU; this machine has no CUDA"):
+        load_backend(folder, manifest)
+
+
+@pytest.mark.parametrize(("backend", "source", "message"), [
+    ("onnxruntime", True, "is a onnxruntime artifact; build-engine rebuilds TensorRT INT8"),
+    ("tensorrt", False, "lacks model.qdq.onnx, the engine's source"),
+])
+def test_build_engine_refuses_folders_it_cannot_rebuild(tmp_path, backend, source, message):
+    folder = planted_trt_folder(tmp_path, backend, source)
+    with pytest.raises(ArtifactError, match=message):
+        rebuild(folder)
+    assert (folder / "model.engine").read_bytes() == b"an engine for another GPU"
+
+
+@pytest.mark.skipif(AVAILABLE, reason="TensorRT is usable here")
+def test_build_engine_command_without_tensorrt_is_one_line(tmp_path):
+    folder = planted_trt_folder(tmp_path)
+    # The installed console script, as a user on the box runs it.
+    command = [str(Path(sys.executable).parent / "edge-ner"), "build-engine", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "build-engine needs" in lines[0], result.stderr
+    assert (folder / "model.engine").read_bytes() == b"an engine for another GPU"
+
+
 # Engines (CUDA, TensorRT and Torch-TensorRT)
 
 
@@ -275,7 +449,11 @@ def check_settings(details: dict, precision: str, profile: ShapeProfile) -> None
     settings = details["tensorrt"]
     assert settings["precision"] == precision
     assert settings["shapes"] == profile.as_dict()
-    assert settings["tensorrt_version"] and settings["torch_tensorrt_version"]
+    assert settings["tensorrt_version"] and settings["gpu"] and settings["compute_capability"]
+
+
+def expected_profile(source: Source, cfg: QuantizeConfig) -> ShapeProfile:
+    return shape_profile(cfg, WINDOW, median_window_length(source, train_split()["valid"]), 128)
 
 
 @needs_tensorrt
@@ -283,10 +461,10 @@ def test_fp16_engine_matches_pytorch_fp32_on_two_shapes(sharp_classifier, encode
     source = make_source(sharp_classifier, encoder, tmp_path)
     cfg = config()
     built = build("trt-fp16", source, cfg, tmp_path / "unused.onnx", train_split(),
-                  source.work)
+                  source.work, None, 0.0)
     assert built.files["model.ep"].is_file()
     assert (built.backend, built.precision) == ("torch-tensorrt", "fp16")
-    check_settings(built.details, "fp16", shape_profile(cfg, WINDOW, 128))
+    check_settings(built.details, "fp16", expected_profile(source, cfg))
     reference = TorchBackend(sharp_classifier)
     for batch in batches(encoder):
         expected, actual = reference(batch), built.runtime(batch)
@@ -300,16 +478,21 @@ def test_fp16_engine_matches_pytorch_fp32_on_two_shapes(sharp_classifier, encode
 
 
 @needs_tensorrt
+@pytest.mark.parametrize(("kept_f1", "regions"), [(1.0, "fp16"), (-1.0, "fp32")])
 def test_int8_engine_mostly_agrees_with_pytorch_fp32_on_two_shapes(
-        classifier, encoder, tmp_path):
+        classifier, encoder, tmp_path, kept_f1, regions):
+    """FP16 regions where they keep the F1 budget (a planted F1 check passes), FP32 where
+    they do not (it fails); either way the engine's source is published beside it."""
     source = make_source(classifier, encoder, tmp_path)
     plain = tmp_path / "model.onnx"
     export_onnx(classifier, plain, 17)
     cfg = config()
-    built = build("trt-int8", source, cfg, plain, train_split(), source.work)
-    assert built.files["model.engine"].is_file()
+    built = build("trt-int8", source, cfg, plain, train_split(), source.work,
+                  lambda backend: kept_f1, 0.0)
+    assert built.files["model.engine"].is_file() and built.files["model.qdq.onnx"].is_file()
     assert (built.backend, built.precision) == ("tensorrt", "int8")
-    check_settings(built.details, "int8", shape_profile(cfg, WINDOW, 128))
+    assert built.details["tensorrt"]["float_regions"] == regions
+    check_settings(built.details, "int8", expected_profile(source, cfg))
     assert built.details["calibration"]["sentences"] == 16
     scoring = batches(encoder)
     for batch in scoring:
@@ -319,3 +502,9 @@ def test_int8_engine_mostly_agrees_with_pytorch_fp32_on_two_shapes(
     # of the labels.
     agree, total = label_agreement(TorchBackend(classifier), built.runtime, scoring)
     assert agree / total >= 0.8
+    # The published source rebuilds an engine that loads and gives the same logits.
+    rebuilt = tmp_path / "rebuilt.engine"
+    tensorrt_engine.build_engine(built.files["model.qdq.onnx"], rebuilt,
+                                 expected_profile(source, cfg))
+    again = TensorRTEngineBackend.from_file(rebuilt, expected_profile(source, cfg))
+    np.testing.assert_allclose(again(scoring[0]), built.runtime(scoring[0]), atol=1e-3)
