@@ -1,5 +1,5 @@
 # edge-ner: make all | make test | make teacher | make distill | make quantize | make report
-# (QUICK=1: a quick slice)
+# (QUICK=1: a quick slice) | make gpu-check (on a CUDA machine) | make gpu-pack
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ RUN ?= $(notdir $(abspath $(DATASET)))$(if $(QUICK),-quick,)
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
 
-.PHONY: all install teacher distill quantize report test lint clean
+.PHONY: all install teacher distill quantize report test lint clean gpu-check gpu-pack
 
 all: teacher distill quantize report
 
@@ -41,6 +41,22 @@ report: install
 
 test: install
 	EDGE_NER_DATA_DIR=$(abspath $(DATA_DIR)) HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The quick pipeline on the GPU, each GPU row checked against its CPU FP32 counterpart;
+# without CUDA, one line and exit 0. It runs on the machine's own Python where this
+# checkout has no venv (a GPU image with PyTorch), with the wheels `make gpu-pack` packed.
+GPU_PACK := .gpu
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	@if [ -d $(GPU_PACK)/wheels ] && [ ! -d $(GPU_PACK)/site ]; then \
+		$(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile \
+			--target $(GPU_PACK)/site $(GPU_PACK)/wheels/*; fi
+	PYTHONPATH=$(abspath $(GPU_PACK))/site HF_HUB_OFFLINE=1 $(GPU_PY) -m bench.gpu_check $(ARGS)
+
+# Here, with network: what a GPU machine without it needs (FP16 pretrained weights, the
+# dataset, pure-Python wheels), in $(GPU_PACK)/ (ignored by git, ~50 MB).
+gpu-pack: install
+	$(PY) -m bench.gpu_check --pack $(GPU_PACK) data_dir=$(DATA_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -389,8 +389,8 @@ COLUMNS = ("artifact", "backend", "prec.", "test F1", "p50 ms", "± ms", "p99 ms
 
 
 def cells(row: dict) -> list[str]:
-    def number(value, fmt):
-        return "–" if value is None else format(value, fmt)
+    def number(value, fmt, unit=""):
+        return "–" if value is None else format(value, fmt) + unit
 
     return [row["name"] + (" (peer)" if row["is_peer"] else ""), row["backend"],
             row["precision"], f"{100 * row['test_f1']:.2f}", f"{row['p50_ms']:.2f}",
@@ -399,8 +399,8 @@ def cells(row: dict) -> list[str]:
             f"{row['batched_sps']:.0f}", f"{row['batched_vs_batch1']:.2f}x",
             number(row["batched_floor_ratio"], ".1f"), f"{row['batched_text_ms']:.3f}",
             str(row["batched_differs"]), f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}",
-            number(row["speedup_vs_eager"], ".2f") + "x",
-            number(row["speedup_vs_peer"], ".2f") + "x"]
+            number(row["speedup_vs_eager"], ".2f", "x"),
+            number(row["speedup_vs_peer"], ".2f", "x")]
 
 
 def device_title(device: dict, threads: int) -> str:

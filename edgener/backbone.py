@@ -73,7 +73,11 @@ def build_token_classifier(
                             f"{str(error).splitlines()[0]}") from None
     if dropout is not None:
         config.hidden_dropout_prob = dropout
-    model = AutoModelForTokenClassification.from_pretrained(source, config=config)
+    # FP32 master weights whatever the checkpoint stores (transformers loads a checkpoint's
+    # own dtype by default, and FP16 pretrained weights travel smaller): mixed precision,
+    # where used, is the training loop's autocast.
+    model = AutoModelForTokenClassification.from_pretrained(source, config=config,
+                                                            dtype=torch.float32)
     if case_features:
         widen_type_embeddings(model, len(CASE_CLASSES))
     return model

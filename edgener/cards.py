@@ -215,7 +215,9 @@ def latency(manifest: dict) -> str:
     if not timing:
         return ""
     return (f"## Latency\n\nBatch 1, raw text in to entities out, on the machine that built it "
-            f"({timing['machine']}, {timing['threads']} threads): p50 {timing['p50_ms']} ms, "
+            f"({timing['machine']}, {timing['threads']} threads"
+            + (f"; on its GPU, {timing['gpu']}" if timing.get("gpu") else "")
+            + f"): p50 {timing['p50_ms']} ms, "
             f"p90 {timing['p90_ms']} ms over {timing['sentences']} valid sentences. "
             "`python -m bench.report` measures it beside every other artifact of the run.")
 

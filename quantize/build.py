@@ -220,7 +220,8 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
             test = evaluate(built.runtime, source, splits["test"], config)
             seconds = time.time() - started
             built.details["latency"] = batch1_latency(built.runtime, source,
-                                                      splits["valid"], config.threads)
+                                                      splits["valid"], config.threads,
+                                                      on_gpu=variant in GPU_VARIANTS)
             built.details["batch_invariance"] = batch_invariance(
                 built.runtime, source.encoder,
                 [s.words for s in splits["valid"][: config.invariance_sentences]],
@@ -243,7 +244,7 @@ def quantize_model(source: Source, config: QuantizeConfig, variants: list[str],
 
 
 def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
-                   threads: int | None, count: int = 200) -> dict:
+                   threads: int | None, on_gpu: bool = False, count: int = 200) -> dict:
     """Batch-1 latency, raw text to entities, on the machine that builds the artifact: what
     its model card can say of speed (the report measures it beside every other row)."""
     step = max(1, len(sentences) // count)
@@ -258,7 +259,8 @@ def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
         times.append(1000 * (time.perf_counter() - tick))
     return {"p50_ms": round(float(np.percentile(times, 50)), 3),
             "p90_ms": round(float(np.percentile(times, 90)), 3), "sentences": len(texts),
-            "threads": threads or os.cpu_count(), "machine": machine()}
+            "threads": threads or os.cpu_count(), "machine": machine(),
+            "gpu": torch.cuda.get_device_name(0) if on_gpu else None}
 
 
 def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
