@@ -26,14 +26,15 @@ from edgener.artifacts import (
     seal_folder,
 )
 from edgener.backends import ShapeProfile
+from edgener.errors import UserError
 
 ENGINE, ENGINE_SOURCE = "model.engine", "model.qdq.onnx"
 # The manifest's tensorrt facts that must match the machine an engine is loaded on.
 BINDING = ("gpu", "compute_capability", "tensorrt_version")
 
 
-class TensorRTBuildError(RuntimeError):
-    """TensorRT could not parse or build a model."""
+class TensorRTBuildError(UserError, RuntimeError):
+    """TensorRT could not parse or build a model (one line, with TensorRT's reason)."""
 
 
 def rebuild_command(folder: str | Path, backend: str) -> str:
