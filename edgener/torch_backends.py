@@ -161,17 +161,22 @@ class ProfiledBackend:
 
 
 class TorchTensorRTBackend(ProfiledBackend):
-    """A saved Torch-TensorRT ExportedProgram on the GPU."""
+    """A Torch-TensorRT ExportedProgram's module (`from_file` loads a saved one), run on
+    `device` with int32 ids."""
 
-    def __init__(self, path: str | Path, profile: ShapeProfile):
+    def __init__(self, module: torch.nn.Module, profile: ShapeProfile, device: str = "cuda"):
+        super().__init__(profile)
+        self.module, self.device = module, device
+
+    @classmethod
+    def from_file(cls, path: str | Path, profile: ShapeProfile) -> TorchTensorRTBackend:
         import torch_tensorrt
 
-        super().__init__(profile)
-        self.module = torch_tensorrt.load(str(path)).module()
+        return cls(torch_tensorrt.load(str(path)).module(), profile)
 
     @torch.no_grad()
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(batch[name]).to("cuda", PROGRAM_INPUT_DTYPE)
+        inputs = [torch.from_numpy(batch[name]).to(self.device, PROGRAM_INPUT_DTYPE)
                   for name in MODEL_INPUTS]
         return self.module(*inputs).float().cpu().numpy()
 
@@ -272,5 +277,5 @@ def engine_backend(folder: Path, manifest: dict, path: Path) -> Backend:
     check_binding(folder, backend, settings, machine_facts())
     profile = ShapeProfile.from_dict(settings["shapes"])
     if backend == "torch-tensorrt":
-        return TorchTensorRTBackend(path, profile)
+        return TorchTensorRTBackend.from_file(path, profile)
     return TensorRTEngineBackend.from_file(path, profile)

@@ -197,7 +197,7 @@ def build_fp16(source: Source, profile: ShapeProfile, out: Path) -> Built:
                             "torch_tensorrt_version": torch_tensorrt.__version__,
                             **machine_facts()}}
     return Built({"model.ep": path}, "torch-tensorrt", "fp16",
-                 TorchTensorRTBackend(path, profile), details)
+                 TorchTensorRTBackend.from_file(path, profile), details)
 
 
 def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict,

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from bench import report as report_module
 from bench.compare import round_ratios
-from bench.measure import evenly_spaced, flops
+from bench.config import ReportConfig
+from bench.measure import PYTORCH, evenly_spaced, flops
 from bench.report import (
     LABEL_OFFSETS,
     add_ratios,
     device_summaries,
     draw,
+    find_candidates,
     log_ticks,
     markdown,
     pareto_front,
@@ -224,6 +227,49 @@ def test_each_device_is_compared_with_its_own_eager_teacher():
     assert len(figure.axes) == 2
     assert {t.get_text() for t in figure.axes[1].texts} == {r["name"] for r in gpu}
     plt.close(figure)
+
+
+def planted_run(root: Path) -> Path:
+    """A run folder with a teacher, a student and two quantized artifacts (a CPU one and a
+    TensorRT engine), manifests only: what find_candidates reads."""
+    run = root / "r"
+    for folder, manifest in [
+        ("teacher", {"stage": "teacher"}), ("students/L3", {"stage": "student"}),
+        ("quantized/L3-ort-int8-dynamic", {"backend": "onnxruntime", "precision": "int8",
+                                           "source_name": "L3", "size_mb": 16.6}),
+        ("quantized/L3-trt-int8", {"backend": "tensorrt", "precision": "int8",
+                                   "source_name": "L3", "size_mb": 20.1})]:
+        (run / folder).mkdir(parents=True)
+        (run / folder / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_on_a_cuda_machine_the_pytorch_models_and_engines_run_on_the_gpu(
+        tmp_path, monkeypatch, cuda):
+    monkeypatch.setattr(report_module, "cuda_available", lambda: cuda)
+    candidates = find_candidates(planted_run(tmp_path), ReportConfig(peers=False))
+    devices = {c.name: c.device for c in candidates}
+    cpu_rows = {"teacher": "cpu", "L3": "cpu", "L3-ort-int8-dynamic": "cpu"}
+    if not cuda:  # the engine needs a GPU: left out, and no GPU rows
+        assert devices == cpu_rows
+        return
+    gpu_rows = {f"{model}-cuda-{precision}": "cuda" for model in ("teacher", "L3")
+                for precision in ("fp32", "fp16", "int8")}
+    assert devices == cpu_rows | {"L3-trt-int8": "cuda"} | gpu_rows
+    by_name = {c.name: c for c in candidates}
+    # The GPU's eager teacher is a peer, as the CPU's is; the students' rows are artifacts.
+    assert by_name["teacher-cuda-fp32"].is_peer and not by_name["L3-cuda-fp16"].is_peer
+    assert (by_name["L3-cuda-int8"].kind, by_name["L3-cuda-int8"].precision) == \
+        (PYTORCH, "int8")
+    assert by_name["L3-cuda-int8"].folder == tmp_path / "r" / "students" / "L3"
+    # Asking for a few artifacts keeps each device's reference.
+    few = find_candidates(planted_run(tmp_path / "again"),
+                          ReportConfig(peers=False, artifacts=["L3-cuda-fp16"]))
+    assert {c.name for c in few} == {"teacher", "teacher-cuda-fp32", "L3-cuda-fp16"}
+    fp16_only = find_candidates(planted_run(tmp_path / "fp16"),
+                                ReportConfig(peers=False, cuda_precisions=["fp16"]))
+    assert "L3-cuda-int8" not in {c.name for c in fp16_only}
 
 
 def planted_rows() -> list[dict]:
@@ -439,6 +485,43 @@ def test_report_f1_is_the_runtime_f1_of_each_artifact(reported):
         if name != anchor:  # timed beside the peer, round for round
             assert r["anchor"] == anchor and len(r["vs_anchor_rounds"]) == 2, name
             assert len(r["anchor_p50_rounds_ms"]) == 2 and r["speedup_vs_peer"] > 0, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_pytorch_row_runs_at_the_precision_it_names(reported, conll_dir, precision):
+    """The rows the report adds on a GPU, measured here on the CPU: the teacher's folder at
+    FP16, and with its matrix products in INT8 (torch._int_mm), keeps the FP32 row's F1
+    and reports the size of what it loaded."""
+    from transformers import AutoModelForTokenClassification
+
+    from bench.measure import Candidate, Settings, measure
+    from edgener.artifacts import cpu_model
+    from edgener.data import load_dataset
+
+    teacher = reported / "teacher"
+    test = load_dataset(str(conll_dir)).split("test")[:80]
+    settings = Settings(threads=1, batch_tokens=256, warmup=2, rounds=1, throughput_rounds=1,
+                        gemm_gflops={"fp32": 100.0, "int8": 100.0})
+    candidate = Candidate(f"teacher-cpu-{precision}", PYTORCH, teacher, "pytorch", precision,
+                          True, teacher, None, "teacher")
+    row = measure(candidate, settings, [s.words for s in test], [s.tags for s in test],
+                  [" ".join(s.words) for s in test[:6]])
+    fp32 = {r["name"]: r for r in json.loads((reported / "report" / "report.json").read_text())
+            ["rows"]}["teacher"]
+    assert (row["device_type"], row["device"], row["precision"]) == ("cpu", cpu_model(),
+                                                                     precision)
+    assert row["peak_gpu_mb"] is None
+    assert abs(row["test_f1"] - fp32["test_f1"]) <= 0.02, (row["test_f1"], fp32["test_f1"])
+    # The size is of the loaded model's tensors: FP16 halves all of them. INT8 stores the
+    # encoder's 2 x (4 x 32 x 32 + 2 x 32 x 64) = 16,384 matrix weights in a byte instead of
+    # four, plus a 4-byte scale for each of their 2 x 224 output channels; the embeddings
+    # (most of this tiny model) stay FP32 on a CPU.
+    params = sum(p.numel() for p in AutoModelForTokenClassification.from_pretrained(
+        teacher).parameters())
+    fp32_mb = 4 * params / 2**20
+    expected = fp32_mb / 2 if precision == "fp16" else fp32_mb - (3 * 16_384 - 4 * 448) / 2**20
+    assert row["size_mb"] == pytest.approx(expected, abs=0.01)
 
 
 def test_round_ratios_are_per_round_speedups_over_the_first():

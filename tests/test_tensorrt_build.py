@@ -25,7 +25,12 @@ from edgener.data import Sentence
 from edgener.encoding import Encoder, pad_arrays
 from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend
 from edgener.tensorrt_engine import check_binding, rebuild
-from edgener.torch_backends import ProfiledBackend, TensorRTEngineBackend, TorchBackend
+from edgener.torch_backends import (
+    ProfiledBackend,
+    TensorRTEngineBackend,
+    TorchBackend,
+    TorchTensorRTBackend,
+)
 from quantize import ort_quant, tensorrt_build
 from quantize.build import Source
 from quantize.config import QuantizeConfig
@@ -224,17 +229,18 @@ def test_build_rejects_other_variants(tmp_path):
 
 
 def test_exported_program_serves_every_shape_of_the_profile(classifier, encoder):
-    profile = shape_profile(config(), WINDOW, classifier.config.max_position_embeddings)
+    """The program trt-fp16 compiles, run on the CPU through the backend that serves the
+    compiled one: int32 ids, batches over the profile's 8 rows in slices, batch 1 as is."""
+    profile = shape_profile(config(), WINDOW, 12, classifier.config.max_position_embeddings)
     attention = classifier.config._attn_implementation
     module = export_program(classifier, profile).module()
     assert classifier.config._attn_implementation == attention  # the source is untouched
+    backend = TorchTensorRTBackend(module, profile, device="cpu")
     reference = TorchBackend(classifier)
-    for batch in batches(encoder):
-        for start in range(0, len(batch["input_ids"]), profile.max[0]):
-            part = {name: batch[name][start: start + profile.max[0]] for name in MODEL_INPUTS}
-            with torch.no_grad():
-                got = module(*(torch.from_numpy(part[name]).int() for name in MODEL_INPUTS))
-            np.testing.assert_allclose(got.numpy(), reference(part), atol=1e-5)
+    short, mixed = batches(encoder)
+    one = {name: short[name][:1] for name in MODEL_INPUTS}
+    for batch in (one, short, mixed):  # 1 row, 3 rows, and 10 rows run as 8 + 2
+        np.testing.assert_allclose(backend(batch), reference(batch), atol=1e-5)
     # The program guards its inputs against the profile's bounds.
     with torch.no_grad(), pytest.raises(AssertionError, match="<= 8"):
         module(*(torch.ones(profile.max[0] + 1, 4, dtype=torch.int32) for _ in MODEL_INPUTS))
