@@ -31,6 +31,7 @@ def render_card(manifest: dict, metrics: dict, folder: str | Path) -> str:
         scores(manifest, metrics),
         latency(manifest),
         batching(manifest),
+        gpu_binding(manifest, folder),
         input_contract(manifest),
         casing_warning(manifest),
         usage(manifest, folder),
@@ -220,6 +221,22 @@ def latency(manifest: dict) -> str:
             + f"): p50 {timing['p50_ms']} ms, "
             f"p90 {timing['p90_ms']} ms over {timing['sentences']} valid sentences. "
             "`python -m bench.report` measures it beside every other artifact of the run.")
+
+
+def gpu_binding(manifest: dict, folder: str) -> str:
+    """Where a TensorRT engine runs, and how to run it elsewhere."""
+    settings = manifest.get("tensorrt") or {}
+    if backend_of(manifest) not in TENSORRT_BACKENDS or not settings.get("gpu"):
+        return ""
+    from edgener.tensorrt_engine import rebuild_command
+
+    return (f"## GPU\n\nThe engine runs on {settings['gpu']} (compute capability "
+            f"{settings.get('compute_capability', '?')}) with TensorRT "
+            f"{settings.get('tensorrt_version', '?')} only; anywhere else, rebuild it "
+            f"there: `{rebuild_command(folder, backend_of(manifest))}`. Tuned for batch "
+            f"{settings['shapes']['opt'][0]} at {settings['shapes']['opt'][1]} tokens; it "
+            f"accepts up to {settings['shapes']['max'][0]} windows of "
+            f"{settings['shapes']['max'][1]} tokens a call.")
 
 
 def batching(manifest: dict) -> str:

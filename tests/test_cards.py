@@ -166,6 +166,27 @@ def test_batching_section_says_whether_callers_can_share_a_model_call():
     assert "model calls of their own" in apart and "same tags whether" not in apart
 
 
+def test_an_engine_card_says_which_gpu_it_runs_on_and_how_to_rebuild_it():
+    shapes = {"axes": ["batch", "sequence"], "min": [1, 1], "opt": [1, 23], "max": [64, 128]}
+    engine = quantized_manifest(
+        name="L3-trt-int8", variant="trt-int8", backend="tensorrt",
+        tensorrt={"gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0",
+                  "tensorrt_version": "10.3.0", "shapes": shapes},
+        latency={"p50_ms": 0.41, "p90_ms": 0.5, "sentences": 200, "threads": 16,
+                 "machine": "x86_64", "gpu": "NVIDIA A100-SXM4-80GB"})
+    card = render_card(engine, METRICS, "runs/r/quantized/L3-trt-int8")
+    assert ("runs on NVIDIA A100-SXM4-80GB (compute capability 8.0) with TensorRT 10.3.0 "
+            "only") in card
+    assert "`edge-ner build-engine runs/r/quantized/L3-trt-int8`" in card
+    assert "Tuned for batch 1 at 23 tokens; it accepts up to 64 windows of 128 tokens" in card
+    assert "(x86_64, 16 threads; on its GPU, NVIDIA A100-SXM4-80GB)" in card
+    program = render_card(quantized_manifest(
+        backend="torch-tensorrt", tensorrt={"gpu": "NVIDIA A100-SXM4-80GB", "shapes": shapes}),
+        METRICS, "f")
+    assert 'make quantize ARGS="--fresh variants=[trt-fp16]"' in program
+    assert "## GPU" not in render_card(quantized_manifest(), METRICS, "f")
+
+
 def test_card_of_a_bare_manifest_still_renders():
     # An old or hand-made manifest: no metrics, no shape, no records.
     card = render_card({"stage": "student", "labels": LABELS, "encoding": ENCODING}, {}, "f")
