@@ -41,7 +41,13 @@ from edgener.artifacts import ArtifactError
 from edgener.backends import ShapeProfile
 from edgener.config import ConfigError
 from edgener.runtime import MODEL_INPUTS
-from edgener.tensorrt_engine import ENGINE, ENGINE_SOURCE, build_engine, machine_facts
+from edgener.tensorrt_engine import (
+    ENGINE,
+    ENGINE_SOURCE,
+    TensorRTBuildError,
+    build_engine,
+    machine_facts,
+)
 from edgener.torch_backends import (
     PROGRAM_INPUT_DTYPE,
     TensorRTEngineBackend,
@@ -203,22 +209,28 @@ def build_fp16(source: Source, profile: ShapeProfile, out: Path) -> Built:
 def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict,
                profile: ShapeProfile, out: Path, f1_of: Callable[[object], float],
                min_f1: float) -> Built:
-    """The QDQ model with its float regions in FP16, built into an engine; if that engine
-    misses min_f1 on valid, the same model with FP32 regions instead."""
+    """The QDQ model with its float regions in FP16, built into an engine; if TensorRT
+    cannot build that or it misses min_f1 on valid, the same model with FP32 regions."""
     qdq = out / "fp32-regions.qdq.onnx"
     sentences = quantize_for_tensorrt(source, config, plain, splits, qdq)
     half = out / ENGINE_SOURCE
     fp16_regions(qdq, half)
     engine = out / ENGINE
-    io = build_engine(half, engine, profile)
-    runtime = TensorRTEngineBackend.from_file(engine, profile)
-    regions, half_f1 = "fp16", f1_of(runtime)
-    if half_f1 < min_f1:
+    half_f1 = None
+    try:
+        io = build_engine(half, engine, profile)
+        runtime = TensorRTEngineBackend.from_file(engine, profile)
+        half_f1 = f1_of(runtime)
+        rejected = None if half_f1 >= min_f1 else (
+            f"valid F1 {100 * half_f1:.2f} is under the budget's {100 * min_f1:.2f}")
+    except TensorRTBuildError as error:  # an FP16 graph this TensorRT cannot build
+        rejected = str(error)
+    regions = "fp32" if rejected else "fp16"
+    if rejected:
         half.unlink()
         qdq.rename(half)
         io = build_engine(half, engine, profile)
         runtime = TensorRTEngineBackend.from_file(engine, profile)
-        regions = "fp32"
     details = {"engine": f"serialized TensorRT engine ({ENGINE}), built from {ENGINE_SOURCE} "
                          f"(`edge-ner build-engine` rebuilds it on another GPU)",
                "quantization": "static QDQ, TensorRT explicit quantization",
@@ -230,8 +242,8 @@ def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict
                "tensorrt": {"precision": "int8",
                             "typing": f"strong: int8 where the Q/DQ pairs say, {regions} "
                                       "elsewhere",
-                            "float_regions": regions,
-                            "fp16_regions_valid_f1": half_f1, "io_dtypes": io,
+                            "float_regions": regions, "fp16_regions_valid_f1": half_f1,
+                            "fp16_regions_rejected": rejected, "io_dtypes": io,
                             "shapes": profile.as_dict(), **machine_facts()}}
     return Built({ENGINE: engine, ENGINE_SOURCE: half}, "tensorrt", "int8", runtime, details)
 

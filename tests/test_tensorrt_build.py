@@ -498,6 +498,8 @@ def test_int8_engine_mostly_agrees_with_pytorch_fp32_on_two_shapes(
     assert built.files["model.engine"].is_file() and built.files["model.qdq.onnx"].is_file()
     assert (built.backend, built.precision) == ("tensorrt", "int8")
     assert built.details["tensorrt"]["float_regions"] == regions
+    rejected = built.details["tensorrt"]["fp16_regions_rejected"]
+    assert rejected is None if regions == "fp16" else "under the budget's 0.00" in rejected
     check_settings(built.details, "int8", expected_profile(source, cfg))
     assert built.details["calibration"]["sentences"] == 16
     scoring = batches(encoder)
