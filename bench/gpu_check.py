@@ -29,7 +29,8 @@ from pathlib import Path
 PACK = Path(".gpu")  # what `make gpu-pack` writes and `make gpu-check` reads (ignored by git)
 PACKED_MODEL, PACKED_DATA, PACKED_WHEELS = "minilm-fp16", "data", "wheels"
 # Pure-Python packages the stages need that a PyTorch image may lack.
-WHEELS = ("textbrewer==0.2.1.post1",)
+# textbrewer imports tensorboardX (or else torch's tensorboard, which needs tensorboard).
+WHEELS = ("textbrewer==0.2.1.post1", "tensorboardX==2.6.5")
 
 
 @dataclass
@@ -91,6 +92,8 @@ def check(config: GpuCheckConfig) -> int:
     from quantize.tensorrt_build import tensorrt_available
 
     started = time.time()
+    # From nothing: an engine left by an earlier check must not be measured as this one's.
+    shutil.rmtree(Path(config.runs_dir) / config.run, ignore_errors=True)
     data_dir = config.data_dir or (str(PACK / PACKED_DATA) if (PACK / PACKED_DATA).is_dir()
                                    else None)
     model = config.model or (str(PACK / PACKED_MODEL) if (PACK / PACKED_MODEL).is_dir()
@@ -111,7 +114,7 @@ def check(config: GpuCheckConfig) -> int:
     stage("report", "--quick", *common, "peers=false")
     report = json.loads((Path(config.runs_dir) / config.run / "report" / "report.json")
                         .read_text(encoding="utf-8"))
-    rows = compare_with_cpu(report["rows"], config.max_f1_drop)
+    rows = judge(report, config.max_f1_drop)
     wall = time.time() - started
     print_comparison(rows, config.max_f1_drop, wall)
     out = Path(config.runs_dir) / config.run / "gpu-check.json"
@@ -122,6 +125,13 @@ def check(config: GpuCheckConfig) -> int:
     print(f"report in {out.parent / 'report'}; this table in {out}")
     failed = [r for r in rows if not r["ok"]]
     return 1 if failed or not rows else 0
+
+
+def judge(report: dict, max_f1_drop: float) -> list[dict]:
+    """The check's verdict on a report: every GPU row against its CPU counterpart, and every
+    GPU row the report could not measure, which fails."""
+    return compare_with_cpu(report["rows"], max_f1_drop) + [
+        not_measured(failure) for failure in report["failed"] if failure["device_type"] != "cpu"]
 
 
 def compare_with_cpu(rows: list[dict], max_f1_drop: float) -> list[dict]:
@@ -146,6 +156,14 @@ def compare_with_cpu(rows: list[dict], max_f1_drop: float) -> list[dict]:
     return compared
 
 
+def not_measured(failure: dict) -> dict:
+    """A GPU row the report could not measure: a failure of the check, with its reason."""
+    return {"name": failure["name"], "device": None, "backend": None, "precision": None,
+            "test_f1": None, "cpu_fp32": None, "cpu_fp32_test_f1": None, "change_points": None,
+            "p50_ms": None, "speedup_vs_eager": None, "ok": False,
+            "error": failure["error"]}
+
+
 def print_comparison(rows: list[dict], max_f1_drop: float, wall: float) -> None:
     from rich.table import Table
 
@@ -156,6 +174,9 @@ def print_comparison(rows: list[dict], max_f1_drop: float, wall: float) -> None:
     for column in ("row", "test F1", "CPU FP32", "change", "p50 ms", "x eager GPU", ""):
         table.add_column(column, justify="left" if column in ("row", "") else "right")
     for r in rows:
+        if r.get("error"):
+            table.add_row(r["name"], "–", "–", "–", "–", "–", f"[red]NOT MEASURED[/]: {r['error']}")
+            continue
         reference = "–" if r["cpu_fp32_test_f1"] is None else f"{100 * r['cpu_fp32_test_f1']:.2f}"
         change = "–" if r["change_points"] is None else f"{r['change_points']:+.2f}"
         speedup = "–" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"

@@ -239,7 +239,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "size_mb": candidate.size_mb if candidate.size_mb is not None
         else module_mb(predictor.backend.model),
         "peak_rss_mb": peak_rss,
-        "peak_gpu_mb": peak_gpu_mb(candidate.device),
+        "torch_cuda_peak_mb": torch_cuda_peak_mb(candidate.device),
         "median_tokens": statistics.median(tokens),
         "floor_ms": statistics.median(floors) if floors else None,
         "load_s": load_s,
@@ -334,8 +334,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_gpu_mb(device: str) -> float | None:
-    """The most GPU memory PyTorch held at once in this process; None for a CPU row."""
+def torch_cuda_peak_mb(device: str) -> float | None:
+    """The most GPU memory PyTorch's allocator held at once in this process (TensorRT's
+    own engine and activation memory is not in it); None for a CPU row."""
     if device == "cpu":
         return None
     import torch

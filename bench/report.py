@@ -141,7 +141,8 @@ def report(config: ReportConfig, command: str) -> int:
             except Exception as error:  # one broken artifact must not sink the report
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")
-                failed.append({"name": candidate.name, "error": message})
+                failed.append({"name": candidate.name, "device_type": candidate.device,
+                               "source": candidate.source, "error": message})
                 if candidate is anchor:
                     anchor = None
             else:

@@ -75,9 +75,13 @@ def check_binding(folder: str | Path, backend: str, built: dict, here: dict) -> 
 def network_flags(trt: ModuleType) -> int:
     """A strongly typed network, as TensorRT's explicit-quantization guide asks (with no
     precision flags): TensorRT 10 needs the creation flag for it, TensorRT 11 accepts the
-    flag and is strongly typed anyway."""
+    flag and is strongly typed anyway. TensorRT 8 (JetPack 5) has no such networks."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+    if flag is None:
+        raise TensorRTBuildError(f"TensorRT {trt.__version__} has no strongly typed "
+                                 "networks, which these engines need: use TensorRT 10 or "
+                                 "later (JetPack 6)")
+    return 1 << int(flag)
 
 
 def dtype_name(dtype: object) -> str:
@@ -147,11 +151,17 @@ def rebuild(folder: str | Path) -> dict:
                 (staging / path.name).write_bytes(path.read_bytes())
         io = build_engine(staging / ENGINE_SOURCE, staging / ENGINE, profile)
         previous = {key: settings.get(key) for key in (*BINDING, "cuda_version")}
+        first = settings.get("rebuilt", {})
         manifest["tensorrt"] = settings | here | {
             "io_dtypes": io,
             "rebuilt": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "was": previous,
                         "seconds": round(time.time() - started, 1),
-                        # No data travels with an artifact: its F1 is the first build's.
-                        "f1_measured_on": previous["gpu"]}}
+                        # No data travels with an artifact: its F1 and latency are the
+                        # first build's, on its GPU.
+                        "f1_measured_on": first.get("f1_measured_on", previous["gpu"]),
+                        "first_build_latency": first.get("first_build_latency",
+                                                         manifest.get("latency"))}}
+        manifest["latency"] = None
+        manifest["size_mb"] = round((staging / ENGINE).stat().st_size / 2**20, 2)
         metrics = read_json(folder / "metrics.json")
         return seal_folder(staging, folder, manifest, metrics)

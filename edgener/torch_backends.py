@@ -187,7 +187,7 @@ class TensorRTEngineBackend(ProfiledBackend):
 
     def __init__(self, engine, profile: ShapeProfile, device: str = "cuda"):
         super().__init__(profile)
-        self.engine, self.device = engine, device
+        self.engine, self.device, self.stream = engine, device, None
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if dtype_name(engine.get_tensor_mode(n)) == "INPUT"]
@@ -209,11 +209,24 @@ class TensorRTEngineBackend(ProfiledBackend):
 
     @torch.no_grad()
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self.device == "cpu":  # a planted engine on host memory: no stream to order
+            return self.enqueue(batch, 0)
+        # A stream of its own: TensorRT synchronizes around work enqueued on the default
+        # stream. The copies, the engine and the copy back are ordered on it, and .cpu()
+        # waits for them.
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(self.stream):
+            return self.enqueue(batch, self.stream.cuda_stream)
+
+    def enqueue(self, batch: dict[str, np.ndarray], stream: int) -> np.ndarray:
         feeds = {}
         for name in self.inputs:
             tensor = torch.from_numpy(batch[name]).to(
                 self.device, torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(f"the engine does not accept {name} of shape "
+                                 f"{tuple(tensor.shape)}")
             self.context.set_tensor_address(name, tensor.data_ptr())
             feeds[name] = tensor  # alive until the engine has read it
         results = {}
@@ -222,9 +235,6 @@ class TensorRTEngineBackend(ProfiledBackend):
                                         dtype=torch_dtype(self.engine.get_tensor_dtype(name)),
                                         device=self.device)
             self.context.set_tensor_address(name, results[name].data_ptr())
-        # The current stream orders the engine after the input copies above; .cpu() below
-        # waits for it.
-        stream = torch.cuda.current_stream().cuda_stream if self.device == "cuda" else 0
         if not self.context.execute_async_v3(stream):
             raise RuntimeError("TensorRT failed to run the engine")
         return results[self.outputs[0]].float().cpu().numpy()

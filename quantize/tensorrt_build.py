@@ -41,13 +41,7 @@ from edgener.artifacts import ArtifactError
 from edgener.backends import ShapeProfile
 from edgener.config import ConfigError
 from edgener.runtime import MODEL_INPUTS
-from edgener.tensorrt_engine import (
-    ENGINE,
-    ENGINE_SOURCE,
-    TensorRTBuildError,
-    build_engine,
-    machine_facts,
-)
+from edgener.tensorrt_engine import ENGINE, ENGINE_SOURCE, build_engine, machine_facts
 from edgener.torch_backends import (
     PROGRAM_INPUT_DTYPE,
     TensorRTEngineBackend,
@@ -214,20 +208,20 @@ def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict
     qdq = out / "fp32-regions.qdq.onnx"
     sentences = quantize_for_tensorrt(source, config, plain, splits, qdq)
     half = out / ENGINE_SOURCE
-    fp16_regions(qdq, half)
     engine = out / ENGINE
     half_f1 = None
     try:
+        fp16_regions(qdq, half)
         io = build_engine(half, engine, profile)
         runtime = TensorRTEngineBackend.from_file(engine, profile)
         half_f1 = f1_of(runtime)
         rejected = None if half_f1 >= min_f1 else (
             f"valid F1 {100 * half_f1:.2f} is under the budget's {100 * min_f1:.2f}")
-    except TensorRTBuildError as error:  # an FP16 graph this TensorRT cannot build
-        rejected = str(error)
+    except Exception as error:  # an FP16 graph this TensorRT cannot build or run
+        rejected = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     regions = "fp32" if rejected else "fp16"
     if rejected:
-        half.unlink()
+        half.unlink(missing_ok=True)
         qdq.rename(half)
         io = build_engine(half, engine, profile)
         runtime = TensorRTEngineBackend.from_file(engine, profile)
@@ -251,13 +245,14 @@ def build_int8(source: Source, config: QuantizeConfig, plain: Path, splits: dict
 def fp16_regions(qdq: Path, target: Path) -> None:
     """The QDQ model with every float tensor outside the Q/DQ pairs in FP16, the logits
     output kept FP32. Scales turn FP16 too, so each DequantizeLinear gives FP16 directly,
-    which needs opset 19; the ops this export uses mean the same at 17 and 19."""
+    which needs opset 19 (ONNX's version converter takes the graph there)."""
+    from onnx import version_converter
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(qdq))
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, 19)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 19:
+        model = version_converter.convert_version(model, 19)
     converted = convert_float_to_float16(model, keep_io_types=True)
     onnx.save(converted, str(target))
 

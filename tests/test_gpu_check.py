@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpu_check import compare_with_cpu, pack_weights
+from bench.gpu_check import compare_with_cpu, judge, pack_weights
 from edgener.backbone import build_token_classifier
 from tests.conftest import REPO, module_env
 
@@ -64,6 +64,20 @@ def test_each_gpu_row_is_judged_against_the_cpu_fp32_row_of_its_model():
     assert judged["L3-cuda-int8"]["cpu_fp32_test_f1"] == 0.880
     assert not judged["L3-trt-int8"]["ok"]
     assert not judged["L2-cuda-fp16"]["ok"] and judged["L2-cuda-fp16"]["cpu_fp32"] is None
+
+
+def test_a_gpu_row_the_report_could_not_measure_fails_the_check():
+    report = {"rows": [report_row("teacher", "cpu", 0.90, "teacher"),
+                       report_row("teacher-cuda-fp16", "cuda", 0.90, "teacher", precision="fp16")],
+              "failed": [{"name": "teacher-trt-int8", "device_type": "cuda", "source": "teacher",
+                          "error": "TensorRT failed to run the engine"},
+                         {"name": "teacher-inc-int8", "device_type": "cpu", "source": "teacher",
+                          "error": "torch.compile failed"}]}
+    judged = {r["name"]: r for r in judge(report, max_f1_drop=1.0)}
+    assert set(judged) == {"teacher-cuda-fp16", "teacher-trt-int8"}  # CPU failures aside
+    assert judged["teacher-cuda-fp16"]["ok"]
+    assert not judged["teacher-trt-int8"]["ok"]
+    assert judged["teacher-trt-int8"]["error"] == "TensorRT failed to run the engine"
 
 
 def test_packed_fp16_weights_train_as_fp32_and_give_the_same_model(tiny_bert: Path, tmp_path):

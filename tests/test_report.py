@@ -414,7 +414,7 @@ def test_report_files_are_written_and_parse(reported):
     assert report["date"] and report["test_sentences"] == 80 and report["failed"] == []
     # No CUDA here: every row is the CPU's, and the CPU is the only device compared.
     assert {r["device_type"] for r in report["rows"]} == {"cpu"}
-    assert all(r["device"] and r["peak_gpu_mb"] is None for r in report["rows"])
+    assert all(r["device"] and r["torch_cuda_peak_mb"] is None for r in report["rows"])
     [cpu] = report["devices"]
     assert cpu["type"] == "cpu" and cpu["reference"] == "teacher" and cpu["anchored"]
     assert set(cpu["pareto"]) <= set(names) and cpu["pareto"]
@@ -511,7 +511,7 @@ def test_a_pytorch_row_runs_at_the_precision_it_names(reported, conll_dir, preci
             ["rows"]}["teacher"]
     assert (row["device_type"], row["device"], row["precision"]) == ("cpu", cpu_model(),
                                                                      precision)
-    assert row["peak_gpu_mb"] is None
+    assert row["torch_cuda_peak_mb"] is None
     assert abs(row["test_f1"] - fp32["test_f1"]) <= 0.02, (row["test_f1"], fp32["test_f1"])
     # The size is of the loaded model's tensors: FP16 halves all of them. INT8 stores the
     # encoder's 2 x (4 x 32 x 32 + 2 x 32 x 64) = 16,384 matrix weights in a byte instead of

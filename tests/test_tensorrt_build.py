@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
 from edgener import tensorrt_engine
-from edgener.artifacts import ArtifactError
+from edgener.artifacts import ArtifactError, verify_files
 from edgener.backends import ShapeProfile, load_backend
 from edgener.config import ConfigError
 from edgener.data import Sentence
@@ -331,8 +332,9 @@ class PlantedContext:
     def __init__(self):
         self.shapes, self.addresses, self.calls = {}, {}, []
 
-    def set_input_shape(self, name: str, shape: tuple) -> None:
+    def set_input_shape(self, name: str, shape: tuple) -> bool:
         self.shapes[name] = shape
+        return shape[0] <= 4  # TensorRT refuses a shape outside its profile
 
     def set_tensor_address(self, name: str, address: int) -> None:
         self.addresses[name] = address
@@ -378,6 +380,10 @@ def test_engine_backend_runs_one_text_and_slices_large_batches():
     assert context.calls[1:] == [(4, 20), (4, 20), (2, 20)]
     with pytest.raises(ValueError, match="maximum of 32 tokens"):
         backend(planted_batch(1, 33))
+    # A shape the engine itself refuses is an error before anything runs.
+    with pytest.raises(ValueError, match=r"does not accept input_ids of shape \(5, 4\)"):
+        backend.enqueue(planted_batch(5, 4), 0)
+    assert len(context.calls) == 4
 
 
 FACTS = {"gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0",
@@ -412,9 +418,49 @@ def planted_trt_folder(tmp_path: Path, backend: str = "tensorrt", source: bool =
                 "tensorrt": FACTS | {"shapes": ShapeProfile((1, 1), (1, 12), (4, 32)).as_dict()}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "model.engine").write_bytes(b"an engine for another GPU")
+    (folder / "metrics.json").write_text(json.dumps({"valid": {"f1": 0.9}, "test": {"f1": 0.88}}))
     if source:
         (folder / "model.qdq.onnx").write_bytes(b"its source")
     return folder
+
+
+def test_build_engine_republishes_the_folder_for_this_gpu(tmp_path, monkeypatch):
+    """rebuild's bookkeeping with a planted builder (TensorRT is not here): the engine is
+    replaced from the folder's source, the manifest names the new GPU, keeps where F1 and
+    latency were measured across two rebuilds, and every file matches its new hash."""
+    folder = planted_trt_folder(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest |= {"size_mb": 1.0, "latency": {"p50_ms": 0.4, "gpu": FACTS["gpu"]}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    built = []
+
+    def planted_build(source: Path, engine: Path, profile: ShapeProfile) -> dict:
+        built.append((source.read_bytes(), profile))
+        engine.write_bytes(b"an engine for " + here["gpu"].encode())
+        return {"input_ids": "INT32", "logits": "FLOAT"}
+
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tensorrt_engine, "build_engine", planted_build)
+    monkeypatch.setattr(tensorrt_engine, "machine_facts", lambda: dict(here))
+    for gpu in ("Orin", "NVIDIA L4"):
+        here = FACTS | {"gpu": gpu, "compute_capability": "8.7"}
+        rebuilt = rebuild(folder)
+        assert (folder / "model.engine").read_bytes() == b"an engine for " + gpu.encode()
+        settings = rebuilt["tensorrt"]
+        assert settings["gpu"] == gpu and settings["compute_capability"] == "8.7"
+        # Where the F1 and latency in the folder were measured: the first build's GPU.
+        assert settings["rebuilt"]["f1_measured_on"] == FACTS["gpu"]
+        assert settings["rebuilt"]["first_build_latency"] == {"p50_ms": 0.4,
+                                                              "gpu": FACTS["gpu"]}
+        assert rebuilt["latency"] is None
+        assert rebuilt["size_mb"] == round(len(b"an engine for " + gpu.encode()) / 2**20, 2)
+        check_binding(folder, "tensorrt", settings, here)  # loads where it was rebuilt
+        verify_files(folder, json.loads((folder / "manifest.json").read_text()), hashes=True)
+        assert f"runs on {gpu}" in (folder / "README.md").read_text()
+    assert built == [(b"its source", ShapeProfile((1, 1), (1, 12), (4, 32)))] * 2
+    assert settings["rebuilt"]["was"]["gpu"] == "Orin"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["L3-trt-int8"]  # no leftovers
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
