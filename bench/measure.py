@@ -103,11 +103,10 @@ def load(candidate: Candidate, threads: int) -> Predictor:
     if candidate.kind == ARTIFACT:
         return Predictor.from_folder(candidate.folder, threads)
     if candidate.kind == PYTORCH:
-        from edgener.torch_backends import TorchBackend, hf_model
+        from edgener.torch_backends import hf_backend
 
-        model = hf_model(candidate.folder, candidate.device, candidate.precision)
-        return Predictor.from_folder(candidate.folder, threads,
-                                     backend=TorchBackend(model, candidate.device))
+        return Predictor.from_folder(candidate.folder, threads, backend=hf_backend(
+            candidate.folder, threads, candidate.device, candidate.precision))
     if candidate.kind == TORCH_DYNAMIC_INT8:
         from edgener.torch_backends import TorchBackend
 

@@ -204,18 +204,7 @@ def test_each_device_is_compared_with_its_own_eager_teacher():
     assert gpu_summary["recommendation"]["summary"].startswith(
         "recommended on the GPU: L3-cuda-fp16 — 5.0x faster than the eager teacher")
 
-    for r in rows:
-        r |= {"backend": "pytorch", "p50_spread_ms": 0.1, "p90_ms": r["p50_ms"],
-              "p99_ms": r["p50_ms"], "batch1_sps": 100.0, "batched_sps": 170.0,
-              "batched_vs_batch1": 1.7, "batched_floor_ratio": None, "batched_text_ms": 0.05,
-              "batched_differs": 0, "size_mb": 10.0, "peak_rss_mb": 200.0}
-    result = {"date": "today", "command": "python -m bench.report", "machine": "a CPU",
-              "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
-              "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
-                           "throughput_rounds": 2, "batch_tokens": 512},
-              "test_sentences": 80, "rows": rows, "failed": [], "wall_s": 60.0,
-              "devices": summaries}
-    md = markdown(result)
+    md = markdown(planted_result(rows, summaries, batch_tokens=512, floor_ratio=None))
     cpu_part, gpu_part = md.split("## GPU: a GPU")
     assert "## CPU: a CPU, 2 threads" in cpu_part
     assert "L3-cuda" not in cpu_part and "L3-ort-int8-dynamic" not in gpu_part
@@ -227,6 +216,23 @@ def test_each_device_is_compared_with_its_own_eager_teacher():
     assert len(figure.axes) == 2
     assert {t.get_text() for t in figure.axes[1].texts} == {r["name"] for r in gpu}
     plt.close(figure)
+
+
+def planted_result(rows: list[dict], devices: list[dict], batch_tokens: int,
+                   floor_ratio: float | None) -> dict:
+    """A report result around planted rows, their measured columns filled with constants."""
+    for r in rows:
+        r.setdefault("backend", "pytorch")
+        r |= {"p50_spread_ms": 0.1, "p90_ms": r["p50_ms"], "p99_ms": r["p50_ms"],
+              "batch1_sps": 100.0, "batched_sps": 170.0, "batched_vs_batch1": 1.7,
+              "batched_floor_ratio": floor_ratio, "batched_text_ms": 0.05,
+              "batched_differs": 0, "size_mb": 10.0, "peak_rss_mb": 200.0}
+    return {"date": "today", "command": "python -m bench.report", "machine": "a CPU",
+            "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
+            "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
+                         "throughput_rounds": 2, "batch_tokens": batch_tokens},
+            "test_sentences": 80, "rows": rows, "failed": [], "wall_s": 60.0,
+            "devices": devices}
 
 
 def planted_run(root: Path) -> Path:
@@ -316,21 +322,10 @@ def test_without_an_artifact_in_the_budget_the_report_says_so():
 
 def test_markdown_shows_the_recommendation_and_no_pass_fail_marks():
     rows = planted_rows()
-    for r in rows:
-        r |= {"p50_spread_ms": 0.1, "p90_ms": r["p50_ms"],
-              "p99_ms": r["p50_ms"], "batch1_sps": 100.0, "batched_sps": 170.0,
-              "batched_vs_batch1": 1.7, "batched_floor_ratio": 1.2, "batched_text_ms": 0.05,
-              "batched_differs": 0, "size_mb": 10.0, "peak_rss_mb": 200.0}
-    result = {"date": "today", "command": "python -m bench.report", "machine": "a CPU",
-              "threads": 2, "gemm_gflops": {"fp32": 100.0, "int8": 200.0},
-              "settings": {"latency_sentences": 10, "latency_rounds": 2, "warmup": 2,
-                           "throughput_rounds": 2, "batch_tokens": 2048},
-              "test_sentences": 80, "rows": rows, "failed": [], "wall_s": 60.0,
-              "devices": [{"type": "cpu", "name": "a CPU", "reference": "teacher",
-                           "anchored": True,
-                           "pareto": ["L2-ort-int8-static", "L3-ort-int8-static"],
-                           "recommendation": recommend(rows, 1.5)}]}
-    md = markdown(result)
+    devices = [{"type": "cpu", "name": "a CPU", "reference": "teacher", "anchored": True,
+                "pareto": ["L2-ort-int8-static", "L3-ort-int8-static"],
+                "recommendation": recommend(rows, 1.5)}]
+    md = markdown(planted_result(rows, devices, batch_tokens=2048, floor_ratio=1.2))
     assert "## CPU: a CPU, 2 threads" in md and "### Recommendation" in md
     assert "recommended on the CPU: L3-ort-int8-static — 10.0x faster than the eager" in md
     assert "2048 padded tokens a model call" in md and "| 1.70x | 1.2 | 0.050 | 0 |" in md
