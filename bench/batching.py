@@ -22,16 +22,16 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench.measure import TimedBackend, model_shape, peak_rss_mb, sentence_texts
-from bench.report import isolated
-from edgener.cli import console, print_wide, run_cli
-from edgener.data import read_conll
-from edgener.predictor import Predictor
+from bench.floor import model_shape
+from bench.measure import TimedBackend, isolated, peak_rss_mb, sentence_texts
+from edgener.predictor import open_predictor
+from edgener.runtime.conll import read_conll
+from edgener.runtime.console import console, print_wide, run_cli
 
 
 def batched_pass(folder: Path, texts: list[str], budget: int, threads: int) -> dict:
     """One pass over `texts` in one call at `budget` (in the calling process)."""
-    predictor = Predictor.from_folder(folder, threads, max_batch_tokens=budget)
+    predictor = open_predictor(folder, threads, max_batch_tokens=budget)
     predictor.predict_batch(texts[:200])  # warm-up
     timed = TimedBackend(predictor.backend, model_shape(folder))
     predictor.backend = timed

@@ -23,10 +23,11 @@ import numpy as np
 from rich.table import Table
 
 from bench.measure import evenly_spaced, latency_round, sentence_texts, source_model_folder
-from edgener.artifacts import MANIFEST, ArtifactError, read_json
-from edgener.cli import console, print_wide, run_stage
-from edgener.data import DATA_DIR_ENV, load_dataset, recorded_dataset
-from edgener.predictor import Predictor
+from edgener.predictor import open_predictor
+from edgener.runtime.artifacts import MANIFEST, ArtifactError, read_json
+from edgener.runtime.console import console, print_wide
+from edgener.training.datasets import DATA_DIR_ENV, load_dataset, recorded_dataset
+from edgener.training.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or artifact_dataset(Path(args.artifacts[0]))
     test = [s.words for s in load_dataset(dataset, args.data_dir).split("test")]
     texts = sentence_texts([test[i] for i in evenly_spaced(args.sentences, len(test))])
-    predictors = {folder: Predictor.from_folder(folder, args.threads)
+    predictors = {folder: open_predictor(folder, args.threads)
                   for folder in args.artifacts}
     p50s: dict[str, list[float]] = {folder: [] for folder in predictors}
     with console.status("timing") as status:

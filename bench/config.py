@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.data import DATA_DIR_ENV
-from edgener.runtime import BATCH_TOKENS
+from edgener.runtime.inference import BATCH_TOKENS
+from edgener.training.config import check_at_least
+from edgener.training.datasets import DATA_DIR_ENV
 
 
 @dataclass
@@ -33,3 +34,10 @@ class ReportConfig:
     # The recommendation is the fastest artifact whose test F1 is at most this many points
     # (F1 in %) below the eager teacher's: how much accuracy you will trade for speed.
     max_f1_drop: float = 1.5
+
+    def __post_init__(self) -> None:
+        """Settings the report cannot measure with are refused now, in one line naming the
+        setting, not after the artifacts have loaded."""
+        check_at_least(self, 1, "threads", "test_limit", "batch_tokens", "latency_sentences",
+                       "latency_rounds", "throughput_rounds")
+        check_at_least(self, 0, "warmup")

@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgener.cli import CHUNK_LINES, print_wide, run_cli
-from edgener.data import DATA_DIR_ENV
+from edgener.cli.commands import CHUNK_LINES
+from edgener.runtime.console import print_wide, run_cli
+from edgener.training.datasets import DATA_DIR_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 COLD_TEXT = "EU rejects German call to boycott British lamb ."
@@ -31,7 +32,7 @@ COLD_TEXT = "EU rejects German call to boycott British lamb ."
 WORKER = """
 import json, sys, time
 from bench.measure import peak_rss_mb
-from edgener.data import read_conll
+from edgener.runtime.conll import read_conll
 from edgener.predictor import load_predictor
 folder, test_file, threads, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 texts = [" ".join(s.words) for s in read_conll(test_file)]

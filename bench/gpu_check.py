@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"gpu-check: {reason}; nothing to check here")
         return 0
-    from edgener.cli import run_stage
-    from edgener.config import parse_overrides
+    from edgener.training.config import parse_overrides
+    from edgener.training.stage import run_stage
 
     config = GpuCheckConfig(**parse_overrides(args.overrides))
     return run_stage(lambda: pack(args.pack, config) if args.pack else check(config))
@@ -75,13 +75,18 @@ def no_cuda_reason() -> str | None:
     return None
 
 
+# The stages gpu-check runs, by their `edge-ner` subcommand.
+STAGE_MODULES = {"teacher": "teacher.train", "distill": "distill.train",
+                 "quantize": "quantize.build", "report": "bench.report"}
+
+
 def stage(name: str, *args: str) -> None:
     """Run one stage of the pipeline in this process, as `edge-ner <name>` would."""
-    from edgener.cli import stage_command
-    from edgener.errors import UserError
+    from edgener.runtime.errors import UserError
+    from edgener.training.stage import run_stage_module
 
     print(f"\n$ edge-ner {name} {' '.join(args)}", flush=True)
-    code = stage_command(name, list(args))
+    code = run_stage_module(STAGE_MODULES[name], list(args), f"edge-ner {name}")
     if code:
         raise UserError(f"edge-ner {name} failed (exit {code}); its output above says why")
 
@@ -167,7 +172,7 @@ def not_measured(failure: dict) -> dict:
 def print_comparison(rows: list[dict], max_f1_drop: float, wall: float) -> None:
     from rich.table import Table
 
-    from edgener.cli import console
+    from edgener.runtime.console import console
 
     table = Table(title=f"GPU rows against their CPU FP32 counterparts (test F1; at most "
                         f"{max_f1_drop:g} points below)")
@@ -191,8 +196,9 @@ def print_comparison(rows: list[dict], max_f1_drop: float, wall: float) -> None:
 def pack(folder: Path, config: GpuCheckConfig) -> int:
     """The offline teacher's weights as FP16 safetensors, the dataset and the wheels, in
     `folder`, for a GPU machine that reaches no network."""
-    from edgener.backbone import resolve_model_source
-    from edgener.data import DataError, resolve_dataset_dir
+    from edgener.runtime.conll import DataError
+    from edgener.training.backbone import resolve_model_source
+    from edgener.training.datasets import resolve_dataset_dir
 
     data = resolve_dataset_dir(config.dataset, config.data_dir)
     if data is None:

@@ -32,23 +32,16 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from bench.measure import (
-    evenly_spaced,
-    flops,
-    gemm_gflops,
-    model_shape,
-    sentence_texts,
-    source_model_folder,
-    token_count,
-)
-from edgener.artifacts import ArtifactError
-from edgener.backends import MODEL_FILES
-from edgener.cli import print_wide, run_stage
-from edgener.data import DATA_DIR_ENV, load_dataset
-from edgener.encoding import Encoder
-from edgener.predictor import artifact_encoder, read_artifact_manifest
-from edgener.runtime import MODEL_INPUTS
-from edgener.training import console
+from bench.floor import flops, gemm_gflops, model_shape
+from bench.measure import evenly_spaced, sentence_texts, source_model_folder, token_count
+from edgener.predictor import MODEL_FILES
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.backend import MODEL_INPUTS
+from edgener.runtime.console import console, print_wide
+from edgener.runtime.encoding import Encoder
+from edgener.runtime.predictor import artifact_encoder, read_artifact_manifest
+from edgener.training.datasets import DATA_DIR_ENV, load_dataset
+from edgener.training.stage import run_stage
 
 ORT_MATRIX_OPS = frozenset({
     "MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
@@ -197,7 +190,7 @@ def matrix_ms_per_run(events: list[dict]) -> list[float]:
 def inc_matrix_ms(path: Path, batch: dict[str, np.ndarray], calls: int, threads: int) -> float:
     """Per call, the self time of oneDNN's INT8 linear in the compiled graph, on one row
     (compiled for that size, unlike the runtime, which pads batch 1 to two rows)."""
-    from edgener.torch_backends import IncBackend
+    from edgener.backends.torch_graph import IncBackend
 
     backend = IncBackend(path, threads)
     inputs = [torch.from_numpy(batch[name]) for name in MODEL_INPUTS]

@@ -1,7 +1,7 @@
 """What the report measures for one artifact, in a process of its own (so that peak memory
 is the artifact's, and no two artifacts share a warmed-up library; only the peer that
-anchors the latency ratios joins it, after the memory peak is read), plus the machine's
-matrix throughput and each model's FLOPs that give the compute floor.
+anchors the latency ratios joins it, after the memory peak is read); the compute floor
+its timings are set against is bench.floor's.
 
 Latency is wall time from a raw text string to its entities (word splitting, subword
 tokenisation, model, decoding), one sentence at a time, after warm-up, with a fixed
@@ -20,27 +20,31 @@ PyTorch peers, the FP32 GEMM) import torch inside the functions that need it.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import resource
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from edgener.metrics import entity_scores
-from edgener.text import split_words
+from bench.floor import flops, model_shape
+from edgener.runtime.metrics import entity_scores
+from edgener.runtime.text import split_words
 
 if TYPE_CHECKING:  # annotations only: importing these at run time may pull in torch
     import torch
 
-    from edgener.encoding import Encoder
     from edgener.predictor import Predictor
+    from edgener.runtime.encoding import Encoder
 
 # How each candidate is loaded: a quantized artifact folder as its manifest says, a
 # Hugging Face folder (teacher, student) in PyTorch at a precision on a device, or a peer
@@ -96,26 +100,26 @@ class TimedBackend:
 
 
 def load(candidate: Candidate, threads: int) -> Predictor:
-    from edgener.predictor import Predictor
+    from edgener.predictor import open_predictor
 
     if candidate.backend != "onnxruntime":
         prepare_torch(threads)
     if candidate.kind == ARTIFACT:
-        return Predictor.from_folder(candidate.folder, threads)
+        return open_predictor(candidate.folder, threads)
     if candidate.kind == PYTORCH:
-        from edgener.torch_backends import hf_backend
+        from edgener.backends.torch_eager import hf_backend
 
-        return Predictor.from_folder(candidate.folder, threads, backend=hf_backend(
+        return open_predictor(candidate.folder, threads, backend=hf_backend(
             candidate.folder, threads, candidate.device, candidate.precision))
     if candidate.kind == TORCH_DYNAMIC_INT8:
-        from edgener.torch_backends import TorchBackend
+        from edgener.backends.torch_eager import TorchBackend
 
-        return Predictor.from_folder(candidate.folder, threads,
+        return open_predictor(candidate.folder, threads,
                                      backend=TorchBackend(torch_dynamic_int8(candidate.folder)))
     if candidate.kind == ORT_DYNAMIC_INT8:
-        from edgener.runtime import OnnxBackend
+        from edgener.runtime.backend import OnnxBackend
 
-        return Predictor.from_folder(candidate.folder, threads,
+        return open_predictor(candidate.folder, threads,
                                      backend=OnnxBackend(candidate.onnx_path, threads))
     raise ValueError(f"unknown candidate kind {candidate.kind!r}")
 
@@ -126,7 +130,7 @@ def prepare_torch(threads: int) -> None:
     (and this, torch), which an ONNX Runtime row's process must never load."""
     import torch
 
-    from edgener.cli import quiet_libraries
+    from edgener.training.stage import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)
@@ -156,7 +160,7 @@ def module_mb(model: torch.nn.Module) -> float:
 def device_name(device: str) -> str:
     """The CPU model or the GPU's name."""
     if device == "cpu":
-        from edgener.artifacts import cpu_model
+        from edgener.training.publish import cpu_model
 
         return cpu_model()
     import torch
@@ -171,6 +175,23 @@ def state_dict_mb(model: torch.nn.Module) -> float:
         path = Path(tmp) / "model.pt"
         torch.save(model.state_dict(), path)
         return path.stat().st_size / 2**20
+
+
+T = TypeVar("T")
+
+
+def isolated(function: Callable[..., T], *args: Any) -> T:
+    """function(*args) in a fresh process: each artifact's memory peak is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet_child) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _quiet_child() -> None:
+    # ONNX Runtime's quantizer logs on the root logger. Rows that run on PyTorch quiet
+    # transformers and torch when they load them (prepare_torch): doing it here would
+    # import both into every row's process, the lean ones' too.
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]],
@@ -355,69 +376,14 @@ def source_model_folder(run_dir: Path, source: str) -> Path:
     return run_dir / "teacher" if source == "teacher" else run_dir / "students" / source
 
 
-def model_shape(folder: Path) -> dict:
-    """The shape FLOPs are counted from, as the artifact's manifest records it (a quantized
-    artifact's, from the model it was made from)."""
-    from edgener.predictor import read_artifact_manifest
-
-    manifest = read_artifact_manifest(folder)
-    return {"layers": manifest["layers"], "hidden_size": manifest["hidden_size"],
-            "intermediate_size": manifest["intermediate_size"],
-            "labels": len(manifest["labels"]),
-            "params": manifest.get("params") or manifest.get("source_params")}
 
 
-def flops(shape: dict, tokens: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one encoder pass over `tokens` positions: per layer
-    the Q, K, V and output projections (8nh^2), the feed-forward (4nhi) and the attention
-    products QK^T and AV (4n^2h); then the classifier. Embedding lookups, softmax and layer
-    norms are memory-bound and left out, so this is a lower bound on the work."""
-    n, h, i = tokens, shape["hidden_size"], shape["intermediate_size"]
-    per_layer = 8 * n * h * h + 4 * n * h * i + 4 * n * n * h
-    return shape["layers"] * per_layer + 2 * n * h * shape["labels"]
 
 
-def gemm_gflops(threads: int, size: int = 1024, repeats: int = 20) -> dict[str, float]:
-    """The machine's best matrix throughput at `threads` threads: FP32 from PyTorch's GEMM,
-    INT8 (u8 x s8 -> s32) from ONNX Runtime's MatMulInteger, each the best of `repeats`."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    fp32 = _best_seconds(lambda: torch.mm(a, b), repeats)
-    session = _int8_matmul_session(size, threads)
-    feed = {"a": np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)}
-    int8 = _best_seconds(lambda: session.run(None, feed), repeats)
-    work = 2 * size**3
-    return {"fp32": work / fp32 / 1e9, "int8": work / int8 / 1e9}
 
 
-def _best_seconds(call, repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - tick)
-    return best
 
 
-def _int8_matmul_session(size: int, threads: int):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = np.random.default_rng(1).integers(-127, 127, (size, size), dtype=np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])],
-        [numpy_helper.from_array(weight, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
 def evenly_spaced(count: int, total: int) -> list[int]:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from bench.compare import artifact_dataset
 from bench.measure import evenly_spaced, rotating_p50s, sentence_texts
-from edgener.cli import print_wide, run_stage
-from edgener.data import DATA_DIR_ENV, load_dataset
-from edgener.encoding import Encoder
-from edgener.predictor import Predictor
+from edgener.predictor import Predictor, open_predictor
+from edgener.runtime.console import print_wide
+from edgener.runtime.encoding import Encoder
+from edgener.training.datasets import DATA_DIR_ENV, load_dataset
+from edgener.training.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for folder in map(Path, args.artifacts):
-        lean = Predictor.from_folder(folder, args.threads)
+        lean = open_predictor(folder, args.threads)
         full = Predictor(lean.backend, transformers_encoder(folder, lean), lean.labels,
                          lean.manifest)
         dataset = args.dataset or artifact_dataset(folder)

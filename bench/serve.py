@@ -9,7 +9,10 @@ generator is asyncio in this process, on the same cores, each virtual client sen
 test sentence a request on its own keep-alive connection. Before the server starts, the
 artifact is timed in-process: batch-1 p50 and sentences/s over the test split in one
 batched call. For each level the server's /metrics give where the time went: model calls,
-requests a call, time in the model against time answering.
+requests a call, time in the model against time answering. With --unread-stderr the
+server's stderr is a pipe this process never reads, as under a stalled log sink: the log
+lines that did not fit are counted, and the server must still answer every request and
+exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import numpy as np
 from rich.table import Table
 
 from bench.measure import latency_round, sentence_texts
-from edgener.cli import console, print_wide, run_cli
-from edgener.data import read_conll
-from edgener.predictor import Predictor
+from edgener.predictor import open_predictor
+from edgener.runtime.conll import read_conll
+from edgener.runtime.console import console, print_wide, run_cli
 
 EDGE_NER = Path(sys.executable).parent / "edge-ner"
 
@@ -71,23 +74,25 @@ async def load(port: int, texts: list[str], concurrency: int, requests: int) -> 
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The server's model-call counters, from /metrics."""
+    """The server's model-call and dropped-log counters, from /metrics."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", "/metrics")
     text = connection.getresponse().read().decode()
     connection.close()
     wanted = ("edge_ner_model_call_seconds_sum", "edge_ner_model_call_seconds_count",
-              "edge_ner_batch_requests_sum", "edge_ner_request_seconds_sum")
+              "edge_ner_batch_requests_sum", "edge_ner_request_seconds_sum",
+              "edge_ner_log_records_dropped_total")
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
             if line.split(" ")[0] in wanted}
 
 
 def start_server(folder: Path, port: int, threads: int, wait_ms: float,
-                 extra: list[str]) -> subprocess.Popen:
+                 extra: list[str], unread_stderr: bool = False) -> subprocess.Popen:
     process = subprocess.Popen([str(EDGE_NER), "serve", str(folder), "--port", str(port),
                                 "--threads", str(threads), "--max-wait-ms", str(wait_ms),
                                 "--max-queue", "1024", *extra],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE if unread_stderr else subprocess.DEVNULL)
     until = time.time() + 60
     while time.time() < until:
         try:
@@ -102,7 +107,7 @@ def start_server(folder: Path, port: int, threads: int, wait_ms: float,
 
 
 def in_process(folder: Path, texts: list[str], threads: int) -> dict:
-    predictor = Predictor.from_folder(folder, threads)
+    predictor = open_predictor(folder, threads)
     latency_round(predictor, texts[:50])
     p50 = statistics.median(latency_round(predictor, texts[::10]))
     predictor.predict_batch(texts[:200])
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-ms", type=float, default=5.0,
                         help="--max-wait-ms of the micro-batching server")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--unread-stderr", action="store_true",
+                        help="the server's stderr on a pipe nobody reads (a stalled log sink)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                         help="passed on to edge-ner serve (last)")
     args = parser.parse_args(argv)
@@ -132,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"in-process: batch-1 p50 {reference['batch1_p50_ms']:.2f} ms, batched "
                   f"{reference['batched_sps']:.0f} sentences/s")
     rows = []
+    exit_codes: dict[str, int] = {}
     for mode, wait_ms in (("micro-batching", args.wait_ms), ("off", 0.0)):
-        process = start_server(folder, args.port, args.threads, wait_ms, args.server_args)
+        process = start_server(folder, args.port, args.threads, wait_ms, args.server_args,
+                               args.unread_stderr)
         try:
             asyncio.run(load(args.port, texts, 4, 200))  # warm-up
             for concurrency in levels:
@@ -146,27 +155,31 @@ def main(argv: list[str] | None = None) -> int:
                              "model_calls": calls,
                              "requests_per_call": delta["edge_ner_batch_requests_sum"] / calls,
                              "model_share": delta["edge_ner_model_call_seconds_sum"]
-                             / result["seconds"]})
+                             / result["seconds"],
+                             "log_lines_dropped": delta.get(
+                                 "edge_ner_log_records_dropped_total", 0.0)})
                 console.print(f"{mode}, {concurrency} clients: "
                               f"{result['requests_per_s']:.0f} requests/s")
         finally:
             process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+            exit_codes[mode] = process.wait(timeout=60)
 
     table = Table(title=f"edge-ner serve {folder.name}, {args.threads} model threads, "
                         f"{args.requests} requests a level, one sentence each")
     for column in ("batching", "clients", "requests/s", "p50 ms", "p99 ms", "errors",
-                   "model calls", "requests/call", "model busy"):
+                   "model calls", "requests/call", "model busy", "log lines dropped"):
         table.add_column(column, justify="left" if column == "batching" else "right")
     for r in rows:
         table.add_row(r["mode"], str(r["concurrency"]), f"{r['requests_per_s']:.0f}",
                       f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["errors"]),
                       f"{r['model_calls']:.0f}", f"{r['requests_per_call']:.1f}",
-                      f"{100 * r['model_share']:.0f}%")
-    print_wide(table, 120)
+                      f"{100 * r['model_share']:.0f}%", f"{r['log_lines_dropped']:.0f}")
+    print_wide(table, 140)
+    console.print("server exit codes on SIGTERM: " + ", ".join(
+        f"{mode} {code}" for mode, code in exit_codes.items()))
     console.print(f"in-process, same artifact: batch-1 p50 {reference['batch1_p50_ms']:.2f} "
                   f"ms; {reference['batched_sps']:.0f} sentences/s batched")
-    print(json.dumps({"in_process": reference, "levels": rows}))
+    print(json.dumps({"in_process": reference, "levels": rows, "exit_codes": exit_codes}))
     return 0
 
 

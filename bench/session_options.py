@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.measure import evenly_spaced, rotating_p50s, sentence_texts
-from edgener.cli import print_wide, run_cli
-from edgener.data import read_conll
-from edgener.predictor import Predictor
-from edgener.runtime import OnnxBackend
+from edgener.predictor import open_predictor
+from edgener.runtime.backend import OnnxBackend
+from edgener.runtime.conll import read_conll
+from edgener.runtime.console import print_wide, run_cli
 
 
 def backend_factory(path: Path, threads: int, level: str = "ORT_ENABLE_ALL",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "saved optimized graph": backend_factory(saved, args.threads, "ORT_DISABLE_ALL"),
         }
         creation = {name: creation_ms(make, args.starts) for name, make in variants.items()}
-        predictors = {name: Predictor.from_folder(folder, args.threads, backend=make())
+        predictors = {name: open_predictor(folder, args.threads, backend=make())
                       for name, make in variants.items()}
         p50s = rotating_p50s(predictors, texts, args.rounds)
     print_table(creation, p50s, folder.name, len(texts), args.threads)

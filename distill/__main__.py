@@ -1,5 +1,5 @@
 import sys
 
-from edgener.cli import stage_command
+from edgener.training.stage import run_stage_module
 
-sys.exit(stage_command("distill", prog="python -m distill"))
+sys.exit(run_stage_module("distill.train", None, "python -m distill"))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from edgener.data import Sentence
-from edgener.tags import entity_spans
+from edgener.runtime.conll import Sentence
+from edgener.runtime.tags import entity_spans
 
 
 def mention_replaced(sentences: list[Sentence], copies: int,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.data import DATA_DIR_ENV
-from edgener.training import TrainSettings
+from edgener.training.config import check_above, check_at_least
+from edgener.training.datasets import DATA_DIR_ENV
+from edgener.training.loop import TrainSettings
 
 
 @dataclass
@@ -35,3 +36,10 @@ class DistillConfig(TrainSettings):
     # Extra unlabeled text, one sentence a line, labelled softly by the teacher
     unlabeled_text: str | None = None
     unlabeled_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 1, "train_limit", "eval_limit", "unlabeled_limit")
+        check_above(self, 0, "temperature")
+        check_at_least(self, 0, "kd_weight", "hard_label_weight", "hidden_weight",
+                       "mmd_weight")

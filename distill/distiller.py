@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
-from edgener.encoding import IGNORE_INDEX, Window, token_batches
-from edgener.runtime import MODEL_INPUTS
-from edgener.training import collate, console
+from edgener.runtime.backend import MODEL_INPUTS
+from edgener.runtime.console import console
+from edgener.runtime.encoding import IGNORE_INDEX, Window, token_batches
+from edgener.training.loop import collate
 
 
 def real_token_mask(batch: dict[str, torch.Tensor], special_ids: Sequence[int]) -> torch.Tensor:

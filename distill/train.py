@@ -19,17 +19,12 @@ from distill.augment import mention_replaced
 from distill.config import DistillConfig
 from distill.distiller import DistillStep, TeacherCache, make_distiller
 from distill.students import StudentSpec, build_student, derive_matches, layer_map
-from edgener.artifacts import (
-    MANIFEST,
-    describe_model,
-    fingerprint,
-    make_manifest,
-    publish_model,
-    read_json,
-    read_manifest,
-)
-from edgener.backbone import load_stage_model
-from edgener.config import (
+from edgener.runtime.artifacts import MANIFEST, read_json, read_manifest
+from edgener.runtime.console import console
+from edgener.runtime.encoding import Window
+from edgener.runtime.text import split_words
+from edgener.training.backbone import load_stage_model
+from edgener.training.config import (
     ConfigError,
     as_dict,
     load_config,
@@ -37,20 +32,18 @@ from edgener.config import (
     preset_path,
     run_path,
 )
-from edgener.data import load_dataset, recorded_dataset
-from edgener.encoding import Window
-from edgener.text import split_words
-from edgener.training import (
+from edgener.training.datasets import load_dataset, recorded_dataset
+from edgener.training.loop import (
     Processes,
     TokenClassifierStep,
     close_processes,
-    console,
     evaluate,
     fit,
     init_processes,
     score_splits,
     set_seed,
 )
+from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 
 TEACHER_HINT = "make teacher"
 
@@ -64,10 +57,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m distill") -> int:
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
 
-    run_dir = run_path(str(overrides.get("runs_dir", "runs")),
-                            str(overrides.get("run", "conll2003")))
-    teacher_manifest = read_manifest(run_dir / "teacher", "teacher", TEACHER_HINT)
-    preset = args.preset or teacher_manifest.get("preset")
+    preset = args.preset
+    if preset is None:  # the teacher's own preset, which its manifest names
+        run_dir = run_path(str(overrides.get("runs_dir", "runs")),
+                           str(overrides.get("run", "conll2003")))
+        preset = read_manifest(run_dir / "teacher", "teacher", TEACHER_HINT).get("preset")
     config = load_config(DistillConfig, preset_path("distill", preset), overrides, args.quick)
     if not config.students:
         raise ConfigError(f"preset {preset!r} defines no students")

@@ -1,5 +1,5 @@
 import sys
 
-from edgener.cli import stage_command
+from edgener.training.stage import run_stage_module
 
-sys.exit(stage_command("quantize", prog="python -m quantize"))
+sys.exit(run_stage_module("quantize.build", None, "python -m quantize"))

@@ -16,27 +16,27 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.table import Table
 
-from edgener.artifacts import (
+from edgener.backends.torch_eager import TorchBackend
+from edgener.predictor import MODEL_FILES, Predictor
+from edgener.runtime.artifacts import (
     MANIFEST,
     ArtifactError,
-    fingerprint,
-    machine,
-    make_manifest,
     publish_dir,
     read_json,
-    seal_folder,
     write_json_atomic,
 )
-from edgener.backbone import load_stage_model
-from edgener.backends import MODEL_FILES
-from edgener.config import (
+from edgener.runtime.backend import Backend, OnnxBackend
+from edgener.runtime.conll import Sentence
+from edgener.runtime.console import console
+from edgener.runtime.inference import batch_invariance, score, word_logits
+from edgener.training.backbone import load_stage_model
+from edgener.training.config import (
     ConfigError,
     as_dict,
     load_config,
@@ -44,49 +44,20 @@ from edgener.config import (
     preset_path,
     run_path,
 )
-from edgener.data import Sentence, load_dataset, recorded_dataset
-from edgener.predictor import Predictor
-from edgener.runtime import Backend, OnnxBackend, batch_invariance, score, word_logits
-from edgener.torch_backends import TorchBackend
-from edgener.training import console
+from edgener.training.datasets import load_dataset, recorded_dataset
+from edgener.training.publish import fingerprint, machine, make_manifest, seal_folder
 from quantize import ort_quant
-from quantize.config import CPU_VARIANTS, GPU_VARIANTS, QuantizeConfig
+from quantize.config import GPU_VARIANTS, QuantizeConfig
 from quantize.onnx_export import ParityError, compare, export_onnx
+from quantize.source import Built, Source, calibration_reader
 
 HINT = "make teacher"
 FAILURES = "failures.json"  # runs/<run>/quantized/: variants that failed, and why
 SHAPE_KEYS = ("architecture", "layers", "hidden_size", "heads", "intermediate_size")
 
 
-@dataclass
-class Source:
-    """A published model to quantize, with what every variant needs from it."""
-
-    name: str
-    folder: Path
-    model: torch.nn.Module
-    tokenizer: object
-    labels: list[str]
-    manifest: dict
-    encoder: object
-    work: Path  # scratch files for this model
-    fused: tuple[Path, dict] | None = None  # ORT-fused graph and its fused-operator counts
-
-    @property
-    def fingerprint(self) -> str:
-        # The publication time too: a model retrained with the same config is new weights.
-        return fingerprint([self.manifest["config_fingerprint"], self.manifest["created"]])
 
 
-@dataclass
-class Built:
-    """One variant's result, before it is judged and published."""
-
-    files: dict[str, Path]  # name in the artifact folder -> file or folder to copy there
-    backend: str
-    precision: str
-    runtime: Backend  # what serves the artifact; its valid F1 is the verdict's
-    details: dict = field(default_factory=dict)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int:
@@ -99,10 +70,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int
     args = parser.parse_args(argv)
     config = load_config(QuantizeConfig, preset_path("quantize", args.preset),
                          parse_overrides(args.overrides), args.quick)
-    unknown = sorted(set(config.variants) - {*CPU_VARIANTS, *GPU_VARIANTS})
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: "
-                          f"{', '.join([*CPU_VARIANTS, *GPU_VARIANTS])}")
     if config.threads:
         torch.set_num_threads(config.threads)
     # ONNX Runtime's quantizer logs advice on the root logger at every call.
@@ -312,9 +279,6 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
     return tensorrt_build.build(variant, source, config, plain, splits, work, f1_of, min_f1)
 
 
-def calibration_reader(source: Source, config: QuantizeConfig, splits: dict):
-    train = splits["train"][: config.calibration_sentences]
-    return ort_quant.CalibrationReader(source.encoder, [s.words for s in train])
 
 
 def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: dict,

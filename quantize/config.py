@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.data import DATA_DIR_ENV
-from edgener.runtime import BATCH_TOKENS
+from edgener.runtime.inference import BATCH_TOKENS
+from edgener.training.config import (
+    ConfigError,
+    check_at_least,
+    check_choice,
+)
+from edgener.training.datasets import DATA_DIR_ENV
 
 CPU_VARIANTS = ("onnx-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-static", "inc-int8")
 GPU_VARIANTS = ("trt-fp16", "trt-int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
@@ -45,3 +51,16 @@ class QuantizeConfig:
     trt_max_length: int | None = None  # None: the encoder's window length
     trt_opt_batch: int = 1
     trt_opt_length: int | None = None  # None: the median window length of valid
+
+    def __post_init__(self) -> None:
+        """Settings the stage cannot run with are refused now, in one line naming the
+        setting, not after the models have loaded."""
+        check_at_least(self, 1, "eval_limit", "eval_batch_tokens", "invariance_sentences",
+                       "threads", "calibration_sentences", "inc_max_trials", "trt_max_batch",
+                       "trt_opt_batch", "trt_opt_length")
+        check_at_least(self, 3, "trt_max_length")  # [CLS], [SEP] and one subword
+        check_choice(self, "calibration_method", CALIBRATION_METHODS)
+        unknown = sorted(set(self.variants) - {*CPU_VARIANTS, *GPU_VARIANTS})
+        if unknown:
+            raise ConfigError(f"variants: unknown {', '.join(unknown)}; choose from "
+                              f"{', '.join([*CPU_VARIANTS, *GPU_VARIANTS])}")

@@ -8,7 +8,7 @@ through the kernels that will serve it, and tuning stops at the first trial with
 
 The artifact is INC's PT2E save (an ExportedProgram and its qconfig.json); loading it needs
 torch, torchao and neural-compressor only, not this project's code (see
-`edgener.torch_backends.IncBackend`).
+`edgener.backends.torch_graph.IncBackend`).
 
 Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
   * the converted graph run as is computes in FP32 with fake quantize/dequantize steps;
@@ -18,7 +18,7 @@ Measured on a 2-core AVX2 machine (torch 2.13, INC 3.10, torchao 0.18):
   * compiling a 2-layer toy model took 8-20 s (up to ~50 s while the machine was busier);
     with dynamic=True it did not recompile across batch and sequence sizes, except for a
     batch of one (0/1 specialisation, ~20 s more): hence the padding in
-    `edgener.torch_backends.GraphBackend`;
+    `edgener.backends.torch_graph.GraphBackend`;
   * on a CPU without VNNI, oneDNN's u8 x s8 kernels saturate: the toy model's logits moved
     by ~6% of their scale (~40% untrained), against <1% (~4%) for the same graph run
     uncompiled. torchao advises reduce_range=True there, which INC 3.10 does not expose.
@@ -36,18 +36,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from edgener.artifacts import ArtifactError
-from edgener.runtime import MODEL_INPUTS, score
-from edgener.torch_backends import (
+from edgener.backends.torch_eager import TokenLogits
+from edgener.backends.torch_graph import (
     GraphBackend,
     IncBackend,
-    TokenLogits,
     is_quantized,
     quiet_neural_compressor,
 )
-from edgener.training import console
-from quantize.build import Built, Source, calibration_reader
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.backend import MODEL_INPUTS
+from edgener.runtime.console import console
+from edgener.runtime.inference import score
 from quantize.config import QuantizeConfig
+from quantize.source import Built, Source, calibration_reader
 
 if TYPE_CHECKING:
     from neural_compressor.torch.quantization import INT8StaticQuantConfig

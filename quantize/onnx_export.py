@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgener.artifacts import ArtifactError
-from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder
-from edgener.runtime import MODEL_INPUTS, Backend, word_logits
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.backend import MODEL_INPUTS, Backend
+from edgener.runtime.decoding import constrained_decode
+from edgener.runtime.encoding import Encoder
+from edgener.runtime.inference import word_logits
 
 
 class ParityError(ArtifactError):

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgener.encoding import Encoder, pad_arrays, token_batches
+from edgener.runtime.encoding import Encoder, pad_arrays, token_batches
+from quantize.config import CALIBRATION_METHODS
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 LAYER_OF_NODE = re.compile(r"layer\.(\d+)/")
 
 

@@ -15,7 +15,7 @@ INT8 route (its implicit INT8 calibration and precision builder flags are gone).
 
 Both artifacts hold engines for one GPU model and one TensorRT version; the manifest
 records both, and a trt-int8 folder ships the engine's QDQ source (model.qdq.onnx) so that
-`edge-ner build-engine` can rebuild it on another device (edgener.tensorrt_engine).
+`edge-ner build-engine` can rebuild it on another device (edgener.training.publish).
 
 The engines are tuned for the report's case, one text at a time: the optimization profile's
 optimum is batch 1 at the median window length of the valid split (trt_opt_batch and
@@ -37,20 +37,25 @@ from pathlib import Path
 import onnx
 import torch
 
-from edgener.artifacts import ArtifactError
-from edgener.backends import ShapeProfile
-from edgener.config import ConfigError
-from edgener.runtime import MODEL_INPUTS
-from edgener.tensorrt_engine import ENGINE, ENGINE_SOURCE, build_engine, machine_facts
-from edgener.torch_backends import (
+from edgener.backends.engines import (
+    ENGINE,
+    ENGINE_SOURCE,
+    ShapeProfile,
+    build_engine,
+    machine_facts,
+)
+from edgener.backends.tensorrt import (
     PROGRAM_INPUT_DTYPE,
     TensorRTEngineBackend,
-    TokenLogits,
     TorchTensorRTBackend,
 )
+from edgener.backends.torch_eager import TokenLogits
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.backend import MODEL_INPUTS
+from edgener.training.config import ConfigError
 from quantize import ort_quant
-from quantize.build import Built, Source
 from quantize.config import GPU_VARIANTS, QuantizeConfig
+from quantize.source import Built, Source
 
 PACKAGES = ("tensorrt", "torch_tensorrt")
 INSTALL_HINT = "pip install -e '.[tensorrt]'"

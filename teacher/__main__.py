@@ -1,5 +1,5 @@
 import sys
 
-from edgener.cli import stage_command
+from edgener.training.stage import run_stage_module
 
-sys.exit(stage_command("teacher", prog="python -m teacher"))
+sys.exit(run_stage_module("teacher.train", None, "python -m teacher"))

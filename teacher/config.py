@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.data import DATA_DIR_ENV
-from edgener.training import TrainSettings
+from edgener.runtime.tags import SCHEMES
+from edgener.training.config import check_at_least, check_choice, check_fraction
+from edgener.training.datasets import DATA_DIR_ENV
+from edgener.training.loop import TrainSettings
 
 
 @dataclass
@@ -25,3 +27,11 @@ class TeacherConfig(TrainSettings):
     train_limit: int | None = None  # first N train sentences (quick mode)
     eval_limit: int | None = None  # first N valid and test sentences (quick mode)
     dropout: float | None = None  # None keeps the backbone's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 3, "max_length")  # [CLS], [SEP] and at least one subword
+        check_at_least(self, 0, "window_overlap")
+        check_at_least(self, 1, "train_limit", "eval_limit")
+        check_fraction(self, "dropout")
+        check_choice(self, "tag_scheme", SCHEMES)

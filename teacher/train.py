@@ -14,16 +14,11 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from edgener.artifacts import (
-    MANIFEST,
-    describe_model,
-    fingerprint,
-    make_manifest,
-    publish_model,
-    read_json,
-)
-from edgener.backbone import build_token_classifier, load_tokenizer, resolve_model_source
-from edgener.config import (
+from edgener.runtime.artifacts import MANIFEST, read_json
+from edgener.runtime.console import console
+from edgener.runtime.encoding import Encoder
+from edgener.training.backbone import build_token_classifier, load_tokenizer, resolve_model_source
+from edgener.training.config import (
     as_dict,
     dataset_run_name,
     load_config,
@@ -31,20 +26,19 @@ from edgener.config import (
     preset_path,
     run_path,
 )
-from edgener.data import load_dataset
-from edgener.encoding import Encoder
-from edgener.training import (
+from edgener.training.datasets import load_dataset
+from edgener.training.loop import (
     FitResult,
     Processes,
     TokenClassifierStep,
     close_processes,
-    console,
     evaluate,
     fit,
     init_processes,
     score_splits,
     set_seed,
 )
+from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 from teacher.config import TeacherConfig
 
 

@@ -13,18 +13,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener import artifacts
-from edgener.artifacts import (
+from edgener.runtime import artifacts
+from edgener.runtime.artifacts import (
     ArtifactError,
-    describe_model,
     file_records,
-    make_manifest,
-    publish_model,
     read_json,
     verify_files,
     write_json_atomic,
 )
-from edgener.backbone import load_stage_model
+from edgener.training.backbone import load_stage_model
+from edgener.training.publish import describe_model, make_manifest, publish_model
 
 LABELS = ["O", "B-PER", "I-PER"]
 ENCODING = {"max_length": 16, "window_overlap": 4, "case_features": False}

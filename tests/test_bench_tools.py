@@ -12,8 +12,8 @@ import pytest
 from bench.footprint import WORKER, cold_start, folder_mb, run_json
 from bench.parity import compare_tags
 from bench.session_options import backend_factory
-from edgener.encoding import Encoder
-from edgener.predictor import Predictor
+from edgener.predictor import Predictor, open_predictor
+from edgener.runtime.encoding import Encoder
 from tests.test_predictor import LABELS, TEXTS, artifacts  # noqa: F401 (a fixture)
 
 
@@ -51,7 +51,7 @@ def test_parity_finds_no_difference_between_equal_encoders_and_finds_a_real_one(
         artifacts):  # noqa: F811
     from transformers import AutoTokenizer
 
-    lean = Predictor.from_folder(artifacts["onnx-fp32"], threads=1)
+    lean = open_predictor(artifacts["onnx-fp32"], threads=1)
     tokenizer = AutoTokenizer.from_pretrained(artifacts["onnx-fp32"])
     settings = lean.manifest["encoding"]
     same = Predictor(lean.backend, Encoder.from_transformers(tokenizer, LABELS, **settings),
@@ -71,10 +71,10 @@ def test_every_session_variant_gives_the_default_answers(artifacts, tmp_path):  
     saved = tmp_path / "optimized.onnx"
     variants = [backend_factory(model, 1, save_to=saved), backend_factory(model, 1, spinning=False),
                 backend_factory(model, 1, "ORT_ENABLE_BASIC")]
-    answers = [Predictor.from_folder(artifacts["onnx-int8"], 1, backend=make()).predict_batch(
+    answers = [open_predictor(artifacts["onnx-int8"], 1, backend=make()).predict_batch(
         TEXTS) for make in variants]
     saved_graph = backend_factory(saved, 1, "ORT_DISABLE_ALL")()
-    answers.append(Predictor.from_folder(artifacts["onnx-int8"], 1, backend=saved_graph)
+    answers.append(open_predictor(artifacts["onnx-int8"], 1, backend=saved_graph)
                    .predict_batch(TEXTS))
     assert saved.is_file()
     assert all(json.dumps([[e.as_dict() for e in f] for f in a]) ==

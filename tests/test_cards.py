@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from edgener.cards import render_card
+from edgener.training.cards import render_card
 
 ENCODING = {"max_length": 128, "window_overlap": 32, "case_features": False}
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]

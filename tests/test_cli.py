@@ -18,10 +18,10 @@ EDGE_NER = Path(sys.executable).parent / "edge-ner"
 # install only: `import torch` raises ModuleNotFoundError, as it would there.
 WITHOUT_TRAINING_STACK = (
     "import sys\n"
-    "from edgener.extras import EXTRA_OF_MODULE\n"
+    "from edgener.runtime.errors import EXTRA_OF_MODULE\n"
     "for name in EXTRA_OF_MODULE:\n"
     "    sys.modules[name] = None\n"
-    "from edgener.cli import entry\n"
+    "from edgener.cli.main import entry\n"
     "sys.argv[0] = 'edge-ner'\n"
     "entry()\n"
 )
@@ -184,7 +184,7 @@ def test_info_verify_names_a_corrupted_file_and_loading_catches_a_truncated_one(
         artifacts, tmp_path):  # noqa: F811
     import shutil
 
-    from edgener.artifacts import file_records, read_json, write_json_atomic
+    from edgener.runtime.artifacts import file_records, read_json, write_json_atomic
 
     folder = tmp_path / "copy"
     shutil.copytree(artifacts["onnx-int8"], folder)
@@ -247,8 +247,8 @@ def test_bad_values_and_paths_are_one_line(artifacts, tmp_path):  # noqa: F811
 def test_the_scores_table_of_data_without_entities():
     from rich.console import Console
 
-    from edgener.cli import scores_table
-    from edgener.metrics import entity_scores
+    from edgener.cli.commands import scores_table
+    from edgener.runtime.metrics import entity_scores
 
     console = Console(record=True, width=100)
     console.print(scores_table(entity_scores([["O", "O"]], [["O", "O"]]), "none"))
@@ -268,10 +268,10 @@ def test_the_lean_path_tags_as_the_transformers_tokenizer_path(artifacts):  # no
     transformers tokenizer, through the same model: the same tags on every sentence."""
     from transformers import AutoTokenizer
 
-    from edgener.encoding import Encoder
-    from edgener.predictor import Predictor
+    from edgener.predictor import Predictor, open_predictor
+    from edgener.runtime.encoding import Encoder
 
-    lean = Predictor.from_folder(artifacts["onnx-int8"], threads=1)
+    lean = open_predictor(artifacts["onnx-int8"], threads=1)
     encoder = Encoder.from_transformers(AutoTokenizer.from_pretrained(artifacts["onnx-int8"]),
                                         LABELS, **lean.manifest["encoding"])
     full = Predictor(lean.backend, encoder, LABELS, lean.manifest)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgener.data import DATA_DIR_ENV, DataError, load_dataset, read_conll
+from edgener.runtime.conll import DataError, read_conll
+from edgener.training.datasets import DATA_DIR_ENV, load_dataset
 
 
 def write(path: Path, text: str | bytes) -> Path:

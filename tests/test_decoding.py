@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgener.decoding import constrained_decode, decode_all, path_probabilities
+from edgener.runtime.decoding import constrained_decode, decode_all, path_probabilities
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 

@@ -36,10 +36,10 @@ from distill.students import (
     student_config,
 )
 from distill.train import check_init_sources, print_students
-from edgener.config import ConfigError
-from edgener.data import Sentence
-from edgener.encoding import IGNORE_INDEX, Window
-from edgener.training import collate
+from edgener.runtime.conll import Sentence
+from edgener.runtime.encoding import IGNORE_INDEX, Window
+from edgener.training.config import ConfigError
+from edgener.training.loop import collate
 from tests.conftest import module_env, run_module
 from tests.test_teacher import tiny_args
 

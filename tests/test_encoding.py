@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from edgener.backbone import resolve_model_source, widen_type_embeddings
-from edgener.encoding import (
+from edgener.runtime.encoding import (
     IGNORE_INDEX,
     Encoder,
     case_class,
@@ -19,7 +18,8 @@ from edgener.encoding import (
     token_batches,
     train_batches,
 )
-from edgener.training import collate
+from edgener.training.backbone import resolve_model_source, widen_type_embeddings
+from edgener.training.loop import collate
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -75,7 +75,7 @@ def test_word_longer_than_a_window_gets_its_own():
      ("1996", "other"), ("--", "other"), ("A", "title"), ("U.S.", "upper"), ("Über", "title")],
 )
 def test_case_class(word, expected):
-    from edgener.encoding import CASE_CLASSES
+    from edgener.runtime.encoding import CASE_CLASSES
 
     assert CASE_CLASSES[case_class(word)] == expected
 
@@ -127,6 +127,17 @@ def test_word_the_tokenizer_drops_becomes_unk(tokenizer):
     (window,) = encoder.encode(0, ["a", "\u200b", "b"], ["O", "B-PER", "O"])
     assert window.input_ids[2] == tokenizer.unk_token_id
     assert window.labels[2] == 1
+
+
+def test_the_encoder_counts_the_tokens_its_vocabulary_does_not_know(tokenizer):
+    """Counted once a sentence, however many windows overlap over its words."""
+    encoder = Encoder.from_transformers(
+        tokenizer, LABELS, max_length=5, window_overlap=2, case_features=False)
+    windows = encoder.encode_all([["Paris", "☃", "and", "London", "☃"], ["\u200b"]])
+    assert len(windows) > 2  # overlapping windows
+    # One piece a word; the snowman is not in the vocabulary, the zero-width space is
+    # dropped by the tokenizer and becomes [UNK].
+    assert (encoder.tokens_encoded, encoder.unknown_encoded) == (6, 3)
 
 
 def test_thousand_word_sentence_gets_a_tag_for_every_word(tokenizer):
@@ -212,7 +223,7 @@ def test_encoder_from_files_matches_the_transformers_one(tokenizer, tmp_path, co
     """The runtime's encoder (tokenizer.json and tokenizer_config.json, no transformers)
     gives the same windows as the training stack's, on a saved tokenizer, over every
     valid sentence of CoNLL-2003 and texts with accents, CJK and emoji."""
-    from edgener.data import read_conll
+    from edgener.runtime.conll import read_conll
 
     tokenizer.save_pretrained(tmp_path)
     settings = {"max_length": 32, "window_overlap": 8, "case_features": True}
@@ -227,7 +238,7 @@ def test_encoder_from_files_matches_the_transformers_one(tokenizer, tmp_path, co
 
 
 def test_encoder_from_a_folder_without_a_tokenizer_is_a_clear_error(tmp_path):
-    from edgener.encoding import TokenizerError
+    from edgener.runtime.encoding import TokenizerError
 
     with pytest.raises(TokenizerError, match="cannot read the tokenizer"):
         Encoder.from_folder(tmp_path, LABELS, 32, 8, False)

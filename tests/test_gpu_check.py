@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.gpu_check import compare_with_cpu, judge, pack_weights
-from edgener.backbone import build_token_classifier
+from edgener.training.backbone import build_token_classifier
 from tests.conftest import REPO, module_env
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -16,16 +16,18 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener.artifacts import ArtifactError, make_manifest, write_json_atomic
-from edgener.data import Sentence
-from edgener.decoding import constrained_decode
-from edgener.encoding import Encoder, pad_arrays
+from edgener.backends.torch_eager import TorchBackend
 from edgener.predictor import load_predictor
-from edgener.runtime import MODEL_INPUTS, word_logits
-from edgener.torch_backends import TorchBackend
-from edgener.training import collate
-from quantize.build import Source
+from edgener.runtime.artifacts import ArtifactError, write_json_atomic
+from edgener.runtime.backend import MODEL_INPUTS
+from edgener.runtime.conll import Sentence
+from edgener.runtime.decoding import constrained_decode
+from edgener.runtime.encoding import Encoder, pad_arrays
+from edgener.runtime.inference import word_logits
+from edgener.training.loop import collate
+from edgener.training.publish import make_manifest
 from quantize.config import QuantizeConfig
+from quantize.source import Source
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 PEOPLE = ["alice", "bob", "carol", "david"]
@@ -169,7 +171,7 @@ def test_build_records_int8_artifact_fp32_ops_and_tuning(built):
 
 @pytest.mark.slow
 def test_saved_artifact_reloads_close_to_fp32(built, tiny_source):
-    from edgener.torch_backends import IncBackend
+    from edgener.backends.torch_graph import IncBackend
 
     batch = sample_batch(tiny_source, rows=6)
     expected = TorchBackend(tiny_source.model)(batch)
@@ -279,7 +281,7 @@ def test_export_failure_is_one_line_artifact_error(tiny_source, monkeypatch):
 
 
 def test_missing_artifact_is_an_artifact_error(tmp_path):
-    from edgener.torch_backends import IncBackend
+    from edgener.backends.torch_graph import IncBackend
 
     with pytest.raises(ArtifactError, match="cannot load"):
         IncBackend(tmp_path / "absent")

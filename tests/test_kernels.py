@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
 from bench.kernels import linear_layers, matrix_ms_per_run, sentence_batch
-from edgener.encoding import Encoder
+from edgener.runtime.encoding import Encoder
 
 
 def node(op: str, ts: int, dur: int) -> dict:

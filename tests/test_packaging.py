@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgener.config import ConfigError, dataset_run_name, preset_path, run_path
+from edgener.training.config import ConfigError, dataset_run_name, preset_path, run_path
 from tests.conftest import REPO
 
 
@@ -21,12 +21,12 @@ def test_an_installed_wheel_carries_every_preset_and_the_console_script(tmp_path
     with zipfile.ZipFile(wheel) as archive:
         entry_points = next(archive.read(n).decode() for n in archive.namelist()
                             if n.endswith("entry_points.txt"))
-    assert "edge-ner = edgener.cli:entry" in entry_points
+    assert "edge-ner = edgener.cli.main:entry" in entry_points
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(target), str(wheel)], check=True, capture_output=True)
     # Outside the checkout, with only the installed copy on the path: every preset loads.
-    probe = ("import sys; from edgener.config import CONFIG_ROOT, preset_path; "
+    probe = ("import sys; from edgener.training.config import CONFIG_ROOT, preset_path; "
              "print(CONFIG_ROOT); "
              "print(sorted(p.parent.name + '/' + p.name for p in CONFIG_ROOT.glob('*/*.yaml')));"
              "preset_path('teacher', 'minilm')")

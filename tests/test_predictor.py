@@ -11,11 +11,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener.artifacts import ArtifactError, make_manifest, publish_model, write_json_atomic
-from edgener.encoding import Encoder
-from edgener.predictor import Entity, Predictor, entities, load_predictor
-from edgener.tags import split_tag
-from edgener.text import split_words
+from edgener.predictor import Entity, load_predictor, open_predictor
+from edgener.runtime.artifacts import ArtifactError, write_json_atomic
+from edgener.runtime.encoding import Encoder
+from edgener.runtime.predictor import entities
+from edgener.runtime.tags import split_tag
+from edgener.runtime.text import split_words
+from edgener.training.publish import make_manifest, publish_model
 from quantize import ort_quant
 from quantize.onnx_export import export_onnx
 
@@ -128,18 +130,18 @@ def test_artifact_is_loaded_once_per_process(artifacts):
 
 def test_missing_and_corrupt_artifacts_are_clear_errors(artifacts, tmp_path):
     with pytest.raises(ArtifactError, match="not a folder"):
-        Predictor.from_folder(tmp_path / "absent")
+        open_predictor(tmp_path / "absent")
     with pytest.raises(ArtifactError, match="manifest.json missing"):
-        Predictor.from_folder(tmp_path)
+        open_predictor(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="corrupt"):
-        Predictor.from_folder(tmp_path)
+        open_predictor(tmp_path)
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("manifest.json", "labels.json", "tokenizer.json", "tokenizer_config.json"):
         (broken / name).write_bytes((artifacts["onnx-fp32"] / name).read_bytes())
     with pytest.raises(ArtifactError, match="lacks model.onnx"):
-        Predictor.from_folder(broken)
+        open_predictor(broken)
     (broken / "model.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ArtifactError, match="ONNX Runtime cannot load"):
-        Predictor.from_folder(broken)
+        open_predictor(broken)

@@ -14,16 +14,18 @@ import torch
 from onnx import numpy_helper
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener.data import Sentence, load_dataset, recorded_dataset
-from edgener.encoding import Encoder, pad_arrays
-from edgener.predictor import Predictor
-from edgener.runtime import OnnxBackend, score, word_logits
-from edgener.tags import split_tag
-from edgener.torch_backends import TorchBackend
+from edgener.backends.torch_eager import TorchBackend
+from edgener.predictor import open_predictor
+from edgener.runtime.backend import OnnxBackend
+from edgener.runtime.conll import Sentence
+from edgener.runtime.encoding import Encoder, pad_arrays
+from edgener.runtime.inference import score, word_logits
+from edgener.runtime.tags import split_tag
+from edgener.training.datasets import load_dataset, recorded_dataset
 from quantize import ort_quant
-from quantize.build import Source, calibration_reader
 from quantize.config import QuantizeConfig
 from quantize.onnx_export import compare, export_onnx
+from quantize.source import Source, calibration_reader
 from tests.conftest import run_module
 from tests.test_teacher import tiny_args
 
@@ -174,7 +176,7 @@ def test_static_model_is_smaller_and_decodes_valid_tags(static_qdq, exported, ti
     _, encoder = tiny_classifier
     fp32 = word_logits(OnnxBackend(exported), encoder, TRAIN_WORDS[:3], 4)
     int8 = word_logits(OnnxBackend(static_qdq), encoder, TRAIN_WORDS[:3], 4)
-    from edgener.decoding import constrained_decode
+    from edgener.runtime.decoding import constrained_decode
 
     for reference, logits in zip(fp32, int8, strict=True):
         assert logits.shape == reference.shape
@@ -253,7 +255,7 @@ def test_stage_builds_and_judges_cpu_artifacts(tiny_run, conll_dir):
         assert (out / name / "model.onnx").is_file() and (out / name / "labels.json").is_file()
         # The recorded F1 is what the published model.onnx gives through ONNX Runtime,
         # scored again here from the folder alone.
-        predictor = Predictor.from_folder(out / name, threads=1)
+        predictor = open_predictor(out / name, threads=1)
         rescored = score(predictor.backend, predictor.encoder, [s.words for s in valid],
                          [s.tags for s in valid], predictor.labels)
         assert rescored["f1"] == pytest.approx(manifest["valid_f1"], abs=1e-9), name
@@ -299,7 +301,7 @@ def test_every_onnx_artifact_gives_a_text_the_same_entities_alone_and_in_any_bat
     could not fail."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgener.runtime import batch_invariance
+    from edgener.runtime.inference import batch_invariance
 
     out = tiny_run / "runs" / "q" / "quantized"
     folders = sorted(p for p in out.iterdir() if (p / "model.onnx").is_file())
@@ -307,7 +309,7 @@ def test_every_onnx_artifact_gives_a_text_the_same_entities_alone_and_in_any_bat
                                          "teacher-ort-int8-dynamic", "teacher-ort-int8-static"]
     orders = [PLANTED_TEXTS, PLANTED_TEXTS[::-1], PLANTED_TEXTS[1::2] + PLANTED_TEXTS[::2]]
     for folder in folders:
-        predictor = Predictor.from_folder(folder, threads=1, max_batch_tokens=512)
+        predictor = open_predictor(folder, threads=1, max_batch_tokens=512)
         alone = {text: entity_rows(predictor.predict(text)) for text in PLANTED_TEXTS}
         assert any(alone[text][0] for text in PLANTED_TEXTS), folder.name  # something to see
         for texts in orders:
@@ -323,7 +325,7 @@ def test_every_onnx_artifact_gives_a_text_the_same_entities_alone_and_in_any_bat
     quantize_dynamic(out / "teacher-ort-fp32" / "model.onnx", old_way,
                      weight_type=QuantType.QInt8,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    dynamic = Predictor.from_folder(out / "teacher-ort-int8-dynamic", threads=1)
+    dynamic = open_predictor(out / "teacher-ort-int8-dynamic", threads=1)
     sentences = [text.split() for text in PLANTED_TEXTS if text] * 3
     check = batch_invariance(OnnxBackend(old_way, 1), dynamic.encoder, sentences, 512)
     assert not check["invariant"] and check["max_probability_diff"] > 1e-3

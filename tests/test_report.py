@@ -9,21 +9,14 @@ from pathlib import Path
 import pytest
 
 from bench import report as report_module
+from bench.analysis import add_ratios, device_summaries, pareto_front, recommend
 from bench.compare import round_ratios
 from bench.config import ReportConfig
-from bench.measure import PYTORCH, evenly_spaced, flops
-from bench.report import (
-    LABEL_OFFSETS,
-    add_ratios,
-    device_summaries,
-    draw,
-    find_candidates,
-    log_ticks,
-    markdown,
-    pareto_front,
-    place_labels,
-    recommend,
-)
+from bench.floor import flops
+from bench.measure import PYTORCH, evenly_spaced
+from bench.plot import LABEL_OFFSETS, draw, log_ticks, place_labels
+from bench.render import markdown
+from bench.report import find_candidates
 from tests.conftest import run_module
 from tests.test_teacher import tiny_args
 
@@ -491,8 +484,8 @@ def test_a_pytorch_row_runs_at_the_precision_it_names(reported, conll_dir, preci
     from transformers import AutoModelForTokenClassification
 
     from bench.measure import Candidate, Settings, measure
-    from edgener.artifacts import cpu_model
-    from edgener.data import load_dataset
+    from edgener.training.datasets import load_dataset
+    from edgener.training.publish import cpu_model
 
     teacher = reported / "teacher"
     test = load_dataset(str(conll_dir)).split("test")[:80]

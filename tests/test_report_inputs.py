@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgener.artifacts import ArtifactError
-from edgener.data import DataError, load_dataset
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.conll import DataError
+from edgener.training.datasets import load_dataset
 from tests.conftest import REPO, module_env
 
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgener.artifacts import read_json, write_json_atomic
-from edgener.predictor import Predictor
-from edgener.runtime import batch_invariance
+from edgener.predictor import open_predictor
+from edgener.runtime.artifacts import read_json, write_json_atomic
+from edgener.runtime.inference import batch_invariance
 from tests.test_cli import edge_ner
 from tests.test_predictor import TEXTS, artifacts  # noqa: F401 (a fixture)
 
@@ -100,7 +100,7 @@ def invariant_artifact(artifacts, tmp_path_factory) -> Path:  # noqa: F811
     quantize stage records (measured here), so the server may share model calls."""
     folder = tmp_path_factory.mktemp("served") / "onnx-int8"
     shutil.copytree(artifacts["onnx-int8"], folder)
-    predictor = Predictor.from_folder(folder, threads=1)
+    predictor = open_predictor(folder, threads=1)
     check = batch_invariance(predictor.backend, predictor.encoder,
                              [t.split() for t in MORE_TEXTS if t] * 4)
     assert check["invariant"]
@@ -118,7 +118,7 @@ def server(invariant_artifact):
 
 @pytest.fixture(scope="module")
 def expected(invariant_artifact) -> dict[str, list[dict]]:
-    predictor = Predictor.from_folder(invariant_artifact, threads=1)
+    predictor = open_predictor(invariant_artifact, threads=1)
     return {text: [e.as_dict() for e in predictor.predict(text)] for text in MORE_TEXTS}
 
 
@@ -325,6 +325,58 @@ def test_requests_log_one_line_each_without_the_texts(invariant_artifact):
     assert entry["ms"] > 0 and "Secret" not in log
 
 
+def test_a_log_sink_nobody_reads_never_stalls_the_server(invariant_artifact):
+    """stderr on a pipe that is never read (64 KB fill it): 32 clients get all 5,000
+    requests answered, /healthz answers, the lines that did not fit are dropped and counted,
+    and SIGTERM ends the process with exit code 0."""
+    port = free_port()
+    process = subprocess.Popen([str(EDGE_NER), "serve", str(invariant_artifact), "--port",
+                                str(port), "--threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process.log_path = Path(tempfile.mkdtemp()) / "unread"  # wait_ready's message if it dies
+    process.log_path.write_text("(stderr is a pipe nobody reads)")
+    try:
+        wait_ready(port, process)
+
+        def client(index: int) -> list[int]:
+            return [call(port, "POST", "/v1/entities",
+                         {"text": MORE_TEXTS[k % len(MORE_TEXTS)]}, timeout=60)[0]
+                    for k in range(index, 5000, 32)]
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = [s for found in pool.map(client, range(32)) for s in found]
+        assert len(statuses) == 5000 and set(statuses) == {200}
+        assert call(port, "GET", "/healthz", timeout=10)[:3:2] == (200, {"status": "ok"})
+        text = call(port, "GET", "/metrics", timeout=10)[2]
+        assert metric(text, 'edge_ner_requests_total{path="/v1/entities",status="200"}') \
+            == 5000
+        # ~60 bytes a line: the pipe holds about a thousand, the queue a thousand more.
+        assert metric(text, "edge_ner_log_records_dropped_total") > 1000
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+def test_metrics_count_the_input_tokens_the_vocabulary_does_not_know(server):
+    def counts() -> tuple[float, float]:
+        text = call(server, "GET", "/metrics")[2]
+        return (metric(text, "edge_ner_input_tokens_total"),
+                metric(text, "edge_ner_unknown_tokens_total"))
+
+    tokens, unknown = counts()
+    # MiniLM's vocabulary knows these English words, one piece each, and not the snowman.
+    assert call(server, "POST", "/v1/entities", {"text": "Paris and London"})[0] == 200
+    assert counts() == (tokens + 3, unknown)
+    assert call(server, "POST", "/v1/entities", {"texts": ["☃ Paris ☃", "☃"]})[0] == 200
+    assert counts() == (tokens + 7, unknown + 3)
+    share = metric(call(server, "GET", "/metrics")[2], "edge_ner_unknown_token_share")
+    assert share == pytest.approx((unknown + 3) / (tokens + 7))
+
+
 # A failing model call, planted in-process: the same app on uvicorn in a thread.
 
 
@@ -333,9 +385,10 @@ def planted_failure(invariant_artifact):
     """A server whose model raises for any batch holding a window over 12 tokens."""
     import uvicorn
 
-    from edgener.serving import ServeConfig, create_app
+    from edgener.serve.app import create_app
+    from edgener.serve.config import ServeConfig
 
-    predictor = Predictor.from_folder(invariant_artifact, threads=1)
+    predictor = open_predictor(invariant_artifact, threads=1)
     backend = predictor.backend
 
     def failing(batch):

@@ -9,8 +9,8 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
-from edgener.metrics import entity_scores
-from edgener.tags import detect_scheme, entity_spans, is_valid_tag, to_iob2
+from edgener.runtime.metrics import entity_scores
+from edgener.runtime.tags import detect_scheme, entity_spans, is_valid_tag, to_iob2
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 

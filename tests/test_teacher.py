@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from edgener.data import load_dataset
-from edgener.encoding import Encoder
-from edgener.training import evaluate
+from edgener.runtime.encoding import Encoder
+from edgener.training.datasets import load_dataset
+from edgener.training.loop import evaluate
 from tests.conftest import module_env, run_module
 
 pytestmark = pytest.mark.slow

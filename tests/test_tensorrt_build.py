@@ -18,24 +18,21 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-from edgener import tensorrt_engine
-from edgener.artifacts import ArtifactError, verify_files
-from edgener.backends import ShapeProfile, load_backend
-from edgener.config import ConfigError
-from edgener.data import Sentence
-from edgener.encoding import Encoder, pad_arrays
-from edgener.runtime import MODEL_INPUTS, Backend, OnnxBackend
-from edgener.tensorrt_engine import check_binding, rebuild
-from edgener.torch_backends import (
-    ProfiledBackend,
-    TensorRTEngineBackend,
-    TorchBackend,
-    TorchTensorRTBackend,
-)
+from edgener.backends.engines import ShapeProfile, build_engine, check_binding
+from edgener.backends.tensorrt import ProfiledBackend, TensorRTEngineBackend, TorchTensorRTBackend
+from edgener.backends.torch_eager import TorchBackend
+from edgener.predictor import load_backend
+from edgener.runtime.artifacts import ArtifactError, verify_files
+from edgener.runtime.backend import MODEL_INPUTS, Backend, OnnxBackend
+from edgener.runtime.conll import Sentence
+from edgener.runtime.encoding import Encoder, pad_arrays
+from edgener.training import publish
+from edgener.training.config import ConfigError
+from edgener.training.publish import rebuild_engine
 from quantize import ort_quant, tensorrt_build
-from quantize.build import Source
 from quantize.config import QuantizeConfig
 from quantize.onnx_export import export_onnx
+from quantize.source import Source
 from quantize.tensorrt_build import (
     build,
     export_program,
@@ -441,11 +438,11 @@ def test_build_engine_republishes_the_folder_for_this_gpu(tmp_path, monkeypatch)
 
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(tensorrt_engine, "build_engine", planted_build)
-    monkeypatch.setattr(tensorrt_engine, "machine_facts", lambda: dict(here))
+    monkeypatch.setattr(publish, "build_engine", planted_build)
+    monkeypatch.setattr(publish, "machine_facts", lambda: dict(here))
     for gpu in ("Orin", "NVIDIA L4"):
         here = FACTS | {"gpu": gpu, "compute_capability": "8.7"}
-        rebuilt = rebuild(folder)
+        rebuilt = rebuild_engine(folder)
         assert (folder / "model.engine").read_bytes() == b"an engine for " + gpu.encode()
         settings = rebuilt["tensorrt"]
         assert settings["gpu"] == gpu and settings["compute_capability"] == "8.7"
@@ -478,7 +475,7 @@ def test_without_cuda_an_engine_folder_says_it_needs_a_gpu(tmp_path):
 def test_build_engine_refuses_folders_it_cannot_rebuild(tmp_path, backend, source, message):
     folder = planted_trt_folder(tmp_path, backend, source)
     with pytest.raises(ArtifactError, match=message):
-        rebuild(folder)
+        rebuild_engine(folder)
     assert (folder / "model.engine").read_bytes() == b"an engine for another GPU"
 
 
@@ -558,7 +555,6 @@ def test_int8_engine_mostly_agrees_with_pytorch_fp32_on_two_shapes(
     assert agree / total >= 0.8
     # The published source rebuilds an engine that loads and gives the same logits.
     rebuilt = tmp_path / "rebuilt.engine"
-    tensorrt_engine.build_engine(built.files["model.qdq.onnx"], rebuilt,
-                                 expected_profile(source, cfg))
+    build_engine(built.files["model.qdq.onnx"], rebuilt, expected_profile(source, cfg))
     again = TensorRTEngineBackend.from_file(rebuilt, expected_profile(source, cfg))
     np.testing.assert_allclose(again(scoring[0]), built.runtime(scoring[0]), atol=1e-3)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForTokenClassification
 
-from edgener.torch_backends import TorchBackend
-from edgener.torch_int8 import Int8Linear, quantize_linears
+from edgener.backends.torch_eager import TorchBackend
+from edgener.backends.torch_int8 import Int8Linear, quantize_linears
 
 
 def grid_linear() -> torch.nn.Linear:

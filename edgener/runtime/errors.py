@@ -1,13 +1,23 @@
-"""Optional parts of the install: `pip install edge-ner` is the serving runtime alone
-(ONNX Runtime, tokenizers, numpy); training, quantizing, plotting and TensorRT come as
-extras. A command that needs a missing one says which, in one line."""
+"""The failures a command reports in one line, without a traceback: expected ones
+(`UserError`), among them a library of an optional part of the install that is missing.
+
+`pip install edge-ner` is the serving runtime alone (ONNX Runtime, tokenizers, numpy);
+training, quantizing, plotting, serving over HTTP and TensorRT come as extras. A command
+that needs a missing one says which, in one line.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from edgener.errors import UserError
+
+class UserError(Exception):
+    """An expected failure (a missing artifact, bad data or config, a missing extra): a
+    command prints its message on one line and exits with `exit_code`."""
+
+    exit_code = 1
+    label = "error"
 
 # The top-level module -> the extra that installs it.
 EXTRA_OF_MODULE = {

@@ -21,11 +21,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edgener.cli import console
-from edgener.encoding import Encoder, Window, pad_arrays, train_batches
-from edgener.errors import UserError
-from edgener.runtime import score
-from edgener.torch_backends import TorchBackend
+from edgener.backends.torch_eager import TorchBackend
+from edgener.runtime.console import console
+from edgener.runtime.encoding import Encoder, Window, pad_arrays, train_batches
+from edgener.runtime.errors import UserError
+from edgener.runtime.inference import score
+from edgener.training.config import check_above, check_at_least, check_choice
 
 
 def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
@@ -184,6 +185,10 @@ def score_splits(model: torch.nn.Module, encoder: Encoder, splits: dict, labels:
     }
 
 
+# How a recipe may compute: auto is bf16/fp16 on CUDA, fp32 on the CPU.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
 @dataclass
 class TrainSettings:
     """Optimisation and housekeeping settings every training recipe shares."""
@@ -195,11 +200,20 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     group_by_length: bool = True
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    precision: str = "auto"  # one of PRECISIONS
     seed: int = 42
     eval_batch_tokens: int = 8192  # padded positions per evaluation batch
     checkpoint_every: int = 200  # optimiser steps between resumable checkpoints
     threads: int | None = None  # torch threads per process; None: cores / processes
+
+    def __post_init__(self) -> None:
+        """Settings no recipe can run with are refused now, in one line naming the
+        setting, not after the data and the model have loaded."""
+        check_at_least(self, 1, "epochs", "batch_size", "eval_batch_tokens",
+                       "checkpoint_every", "threads")
+        check_above(self, 0, "lr", "max_grad_norm")
+        check_at_least(self, 0, "weight_decay")
+        check_choice(self, "precision", PRECISIONS)
 
 
 class TrainingInterrupted(UserError):

@@ -1,4 +1,5 @@
-"""Run folders on disk: atomic writes, manifests, and clear errors for missing stages.
+"""Run folders on disk: atomic writes, manifests, file records, and clear errors for missing
+or damaged stages.
 
 Stages talk only through runs/<run>/<stage> folders. A folder is published by building it
 under a temporary name and renaming it into place, so a crash never leaves a half-written
@@ -10,15 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgener.errors import UserError
+from edgener.runtime.errors import UserError
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -78,104 +76,6 @@ def publish_dir(final: str | Path):
         os.replace(final, retired)
     os.replace(staging, final)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def fingerprint(data) -> str:
-    """A short stable hash of JSON-able data (used to tell whether a config changed)."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment() -> dict:
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": _git_commit(),
-    }
-
-
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC 7B13"), or the architecture where it is not known."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    """The CPU model, its core count and the OS: where a timing was taken."""
-    return f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
-def make_manifest(stage: str, **fields) -> dict:
-    return {
-        "stage": stage,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": environment(),
-        **fields,
-    }
-
-
-def describe_model(model) -> dict:
-    """Shape facts of a Hugging Face model, for manifests and tables."""
-    config = model.config
-    return {
-        # The class itself: config.architectures still names the pretrained checkpoint's
-        # class (BertModel for an encoder fine-tuned here) until the model is saved.
-        "architecture": type(model).__name__,
-        "layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size,
-        "heads": config.num_attention_heads,
-        "intermediate_size": config.intermediate_size,
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-
-
-def publish_model(out_dir: str | Path, model, tokenizer, labels: list[str], config: dict,
-                  metrics: dict, manifest: dict) -> dict:
-    """Write a model folder (Hugging Face weights and tokenizer, labels, resolved config,
-    metrics, model card, manifest) in one atomic step; returns the manifest written."""
-    import yaml
-
-    with publish_dir(out_dir) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / "labels.json", labels)
-        (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        write_json_atomic(staging / "metrics.json", metrics)
-        return seal_folder(staging, out_dir, manifest, metrics)
-
-
-def seal_folder(staging: Path, final: str | Path, manifest: dict, metrics: dict) -> dict:
-    """The last step of publishing a servable folder, once every other file is in
-    `staging`: record the files in the manifest, write the model card and the manifest.
-    Returns the manifest written."""
-    from edgener.cards import render_card
-
-    manifest = {**manifest, "files": file_records(staging)}
-    write_text_atomic(staging / CARD, render_card(manifest, metrics, final))
-    write_json_atomic(staging / MANIFEST, manifest)
-    return manifest
 
 
 def sha256_of(path: str | Path) -> str:

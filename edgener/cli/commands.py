@@ -1,131 +1,25 @@
-"""`edge-ner`: the one command, and what every command-line entry shares (expected failures
-print one line, never a traceback).
-
-    edge-ner predict ARTIFACT "Angela Merkel visited Paris."
-    edge-ner label ARTIFACT notes.txt --output notes.jsonl
-    edge-ner evaluate ARTIFACT test.txt
-    edge-ner info ARTIFACT
-    edge-ner serve ARTIFACT --port 8080   (an HTTP service; needs edge-ner[serve])
-    edge-ner build-engine ARTIFACT   (a trt-int8 engine for this GPU; needs TensorRT)
-    edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
-
-Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
-serving commands import only the runtime (ONNX Runtime, tokenizers, numpy); a stage
-imports its training stack when it runs, and says which extra to install if it is missing.
-"""
+"""What the serving commands do: predict, label, evaluate, info, serve and build-engine
+(the pipeline's stages parse and run their own options)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import logging
 import sys
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from edgener.errors import UserError
-from edgener.extras import needs_extra
+from edgener.runtime.console import get_console
+from edgener.runtime.errors import UserError, needs_extra
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from edgener.predictor import Predictor
 
-# subcommand -> (module whose main(argv) runs it, what it does)
-STAGE_COMMANDS = {
-    "teacher": ("teacher.train", "fine-tune the teacher (needs edge-ner[train])"),
-    "distill": ("distill.train", "distill students from the teacher (needs edge-ner[train])"),
-    "quantize": ("quantize.build", "build INT8 artifacts (needs edge-ner[train,quantize])"),
-    "report": ("bench.report", "latency against F1 of every artifact (needs edge-ner[all])"),
-}
 # Lines read from a stream per call: enough that sorting their windows by length keeps the
 # padding small (CoNLL-2003 sentences average ~19 tokens: ~40 model calls of 512), never
 # the whole input in memory.
 CHUNK_LINES = 1024
-
-
-def get_console() -> Console:
-    """The terminal console of every command, made on first use: rich takes a tenth of a
-    second to import, which a plain `edge-ner predict` never pays."""
-    global _console
-    if _console is None:
-        from rich.console import Console
-
-        _console = Console()
-    return _console
-
-
-_console: Console | None = None
-
-
-def __getattr__(name: str):
-    """`from edgener.cli import console` (the stages' import) makes the console then."""
-    if name == "console":
-        return get_console()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for the stage's own progress: no load reports, optional-kernel
-    warnings (torchao, pulled in by transformers, warns about CUDA kernels on a CPU box) or
-    advice that torch.compile and torch.export print at every build."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    for name in ("torchao", "torch.utils._pytree", "torch.export", "torch._dynamo",
-                 "torch._inductor"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for module in (r"torch\._dynamo", r"torch\._inductor", "copyreg"):
-        warnings.filterwarnings("ignore", category=UserWarning, module=module)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-
-
-def print_wide(renderable, min_width: int) -> None:
-    """Print a wide table whole: rich assumes 80 columns for a log file or a pipe."""
-    console = get_console()
-    if not console.is_terminal:
-        console.width = max(console.width, min_width)
-    console.print(renderable)
-
-
-def run_cli(main: Callable[[], int]) -> int:
-    """Run a command's main; an expected failure is one line on stderr and its exit code."""
-    try:
-        return main()
-    except UserError as error:
-        print(f"{error.label}: {error}", file=sys.stderr, flush=True)
-        return error.exit_code
-    except OSError as error:  # a path the user gave: missing, a folder, not writable
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr, flush=True)
-        return 1
-
-
-def run_stage(main: Callable[[], int]) -> int:
-    """A training-stack command's main, with the libraries' chatter silenced; a library of
-    an extra that is missing, wherever the command imports it, is one line naming it."""
-
-    def quiet_main() -> int:
-        with needs_extra("this command"):
-            quiet_libraries()
-            return main()
-
-    return run_cli(quiet_main)
-
-
-def stage_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """A pipeline stage (teacher, distill, quantize, report): its module is imported only
-    now, so that a missing extra is reported, not raised at import."""
-    module_name = STAGE_COMMANDS[name][0]
-    return run_stage(lambda: importlib.import_module(module_name).main(
-        argv, prog=prog or f"edge-ner {name}"))
-
-
-# --- the serving commands ------------------------------------------------------------
 
 
 def load(args: argparse.Namespace) -> Predictor:
@@ -285,9 +179,9 @@ def read_lines(raw: IO[bytes], name: str,
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from edgener.data import find_split_file, read_conll
-    from edgener.metrics import entity_scores
-    from edgener.tags import detect_scheme, to_iob2
+    from edgener.runtime.conll import find_split_file, read_conll
+    from edgener.runtime.metrics import entity_scores
+    from edgener.runtime.tags import detect_scheme, to_iob2
 
     data = Path(args.data)
     path = find_split_file(data, args.split) if data.is_dir() else data
@@ -306,11 +200,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    from edgener.predictor import read_artifact_manifest
+    from edgener.runtime.predictor import read_artifact_manifest
 
     read_artifact_manifest(Path(args.artifact))  # a wrong folder fails now, in one line
     with needs_extra("edge-ner serve"):
-        from edgener.serving import ServeConfig, serve
+        from edgener.serve.config import ServeConfig
+        from edgener.serve.server import serve
 
     config = ServeConfig(threads=args.threads, max_batch_tokens=args.max_batch_tokens,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
@@ -335,10 +230,13 @@ def scores_table(scores: dict, title: str):
 
 
 def command_build_engine(args: argparse.Namespace) -> int:
-    from edgener.tensorrt_engine import ENGINE, rebuild
+    from edgener.backends.engines import ENGINE
+
+    with needs_extra("edge-ner build-engine"):
+        from edgener.training.publish import rebuild_engine
 
     with get_console().status(f"building {ENGINE} for this GPU"):
-        manifest = rebuild(args.artifact)
+        manifest = rebuild_engine(args.artifact)
     facts = manifest["tensorrt"]
     get_console().print(f"{Path(args.artifact) / ENGINE}: built for {facts['gpu']} (compute "
                         f"{facts['compute_capability']}) with TensorRT "
@@ -348,13 +246,13 @@ def command_build_engine(args: argparse.Namespace) -> int:
 
 
 def command_info(args: argparse.Namespace) -> int:
-    from edgener.artifacts import read_json
-    from edgener.predictor import read_artifact_manifest
+    from edgener.runtime.artifacts import read_json
+    from edgener.runtime.predictor import read_artifact_manifest
 
     folder = Path(args.artifact)
     manifest = read_artifact_manifest(folder)
     if args.verify:
-        from edgener.artifacts import verify_files
+        from edgener.runtime.artifacts import verify_files
 
         if not manifest.get("files"):
             raise UserError(f"{folder}: its manifest records no file hashes (published "
@@ -413,98 +311,3 @@ def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
     return facts
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from edgener.runtime import BATCH_TOKENS
-
-    parser = argparse.ArgumentParser(
-        prog="edge-ner", description="Named entities from raw text with a small, fast model, "
-        "and the pipeline that makes it.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def artifact_command(name: str, help: str, handler) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("artifact", help="an artifact folder: runs/<run>/quantized/<name>, "
-                         "runs/<run>/students/<name> or runs/<run>/teacher")
-        sub.add_argument("--threads", type=positive_int, default=None,
-                         help="CPU threads (default: all cores)")
-        sub.add_argument("--max-batch-tokens", type=positive_int, default=BATCH_TOKENS,
-                         metavar="N", help="padded tokens per model call (default "
-                         f"{BATCH_TOKENS}); a larger budget holds more memory")
-        sub.set_defaults(handler=handler)
-        return sub
-
-    predict = artifact_command("predict", "entities of texts as JSON lines", command_predict)
-    predict.add_argument("text", nargs="*", help="texts to tag; none: one a line from stdin")
-    label = artifact_command("label", "tag a text file (a text a line, JSON lines out) or a "
-                             "CoNLL file (the predicted tag as a last column)", command_label)
-    label.add_argument("input", help="the file to tag")
-    label.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
-                       help="jsonl: a text a line in, JSON lines out; conll: a token a line "
-                       "in, the same lines with the predicted tag appended out")
-    label.add_argument("--output", help="write here (default: stdout)")
-    evaluate = artifact_command("evaluate", "entity precision, recall and F1 on labelled data",
-                                command_evaluate)
-    evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")
-    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
-    serve = artifact_command("serve", "serve an artifact over HTTP: POST /v1/entities, "
-                             "/healthz, /v1/model, /metrics, /openapi.json (needs "
-                             "edge-ner[serve])", command_serve)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
-                       help="how long a request may wait for others to share its model call "
-                       "(default 5; 0: every request a model call of its own)")
-    serve.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
-                       help="requests waiting for the model before new ones get 503")
-    serve.add_argument("--max-text-chars", type=positive_int, default=100_000, metavar="N")
-    serve.add_argument("--max-texts", type=positive_int, default=256, metavar="N",
-                       help="texts in one request")
-    serve.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N")
-    serve.add_argument("--timeout-ms", type=positive_int, default=30_000, metavar="MS",
-                       help="a request not answered by then gets 504")
-    serve.add_argument("--spinning", action="store_true",
-                       help="let ONNX Runtime's threads spin between operators (faster on "
-                       "cores the server does not share; off by default)")
-    serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
-    engine = commands.add_parser(
-        "build-engine", help="rebuild a trt-int8 artifact's TensorRT engine for this GPU "
-        "and TensorRT release, from the model.qdq.onnx it ships (needs TensorRT and CUDA)")
-    engine.add_argument("artifact", help="a trt-int8 folder: runs/<run>/quantized/<name>")
-    engine.set_defaults(handler=command_build_engine)
-    info = commands.add_parser("info", help="what an artifact is and what it scores")
-    info.add_argument("artifact")
-    info.add_argument("--verify", action="store_true",
-                      help="check every file against the SHA-256 in its manifest")
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(handler=command_info)
-    for name, (_, help) in STAGE_COMMANDS.items():
-        stage = commands.add_parser(name, help=help, add_help=False)
-        stage.add_argument("stage_args", nargs=argparse.REMAINDER)
-        stage.set_defaults(stage=name)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STAGE_COMMANDS:  # the stage parses its own options (and --help)
-        return stage_command(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
-
-
-def entry() -> None:
-    """The console script."""
-    try:
-        sys.exit(run_cli(main))
-    except BrokenPipeError:  # `edge-ner predict ... | head`: the reader left
-        sys.stderr.close()
-        sys.exit(0)

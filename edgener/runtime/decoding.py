@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgener.tags import split_tag
+from edgener.runtime.tags import split_tag
 
 
 @lru_cache(maxsize=8)

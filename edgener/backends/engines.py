@@ -1,40 +1,48 @@
-"""TensorRT engines from ONNX, and the facts that bind an engine to one GPU and one
-TensorRT release.
+"""TensorRT engines: building one from ONNX, the shapes it accepts, and what binds it to one
+GPU and one TensorRT release.
 
 A serialized engine runs only on the GPU model and the TensorRT version it was built with.
-A trt-int8 folder therefore ships its source too, model.qdq.onnx (explicit quantization:
-the Q/DQ pairs say what runs in INT8), and `edge-ner build-engine FOLDER` rebuilds
-model.engine from it on the target device: a Jetson with JetPack's TensorRT 10, say. The
-manifest records what the engine was built for; loading it anywhere else is a one-line
-error that names that command.
-
-Needs TensorRT's Python bindings and PyTorch with CUDA (the engine's I/O buffers are torch
-tensors); neither is imported until an engine is built or loaded.
+The manifest records what the engine was built for; loading it anywhere else is a one-line
+error that names the command rebuilding it there (for a trt-int8 folder, from the
+model.qdq.onnx it ships: `edge-ner build-engine FOLDER`).
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
 from types import ModuleType
 
-from edgener.artifacts import (
-    MANIFEST,
-    ArtifactError,
-    publish_dir,
-    read_json,
-    seal_folder,
-)
-from edgener.backends import ShapeProfile
-from edgener.errors import UserError
+from edgener.runtime.artifacts import ArtifactError
+from edgener.runtime.errors import UserError
 
 ENGINE, ENGINE_SOURCE = "model.engine", "model.qdq.onnx"
 # The manifest's tensorrt facts that must match the machine an engine is loaded on.
 BINDING = ("gpu", "compute_capability", "tensorrt_version")
 
 
-class TensorRTBuildError(UserError, RuntimeError):
-    """TensorRT could not parse or build a model (one line, with TensorRT's reason)."""
+@dataclasses.dataclass(frozen=True)
+class ShapeProfile:
+    """The [batch, sequence] shapes an engine accepts (min to max), tuned for opt."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    def as_dict(self) -> dict:
+        return {"axes": ["batch", "sequence"], "min": list(self.min), "opt": list(self.opt),
+                "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, shapes: dict) -> ShapeProfile:
+        return cls(*(tuple(shapes[key]) for key in ("min", "opt", "max")))
+
+    def example_shape(self) -> tuple[int, int]:
+        """A tracing shape inside the profile: torch.export specializes an axis traced at
+        size 1, so dynamic axes are traced at 2 or more."""
+        batch, length = (min(hi, max(opt, 2)) if hi > lo else lo
+                         for lo, opt, hi in zip(self.min, self.opt, self.max, strict=True))
+        return batch, length
 
 
 def rebuild_command(folder: str | Path, backend: str) -> str:
@@ -72,6 +80,15 @@ def check_binding(folder: str | Path, backend: str, built: dict, here: dict) -> 
                         f"`{rebuild_command(folder, backend)}`")
 
 
+def dtype_name(dtype: object) -> str:
+    """'FLOAT' for trt.DataType.FLOAT (and for the plain string 'DataType.FLOAT')."""
+    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
+
+
+class TensorRTBuildError(UserError, RuntimeError):
+    """TensorRT could not parse or build a model (one line, with TensorRT's reason)."""
+
+
 def network_flags(trt: ModuleType) -> int:
     """A strongly typed network, as TensorRT's explicit-quantization guide asks (with no
     precision flags): TensorRT 10 needs the creation flag for it, TensorRT 11 accepts the
@@ -82,11 +99,6 @@ def network_flags(trt: ModuleType) -> int:
                                  "networks, which these engines need: use TensorRT 10 or "
                                  "later (JetPack 6)")
     return 1 << int(flag)
-
-
-def dtype_name(dtype: object) -> str:
-    """'FLOAT' for trt.DataType.FLOAT (and for the plain string 'DataType.FLOAT')."""
-    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: ShapeProfile) -> dict:
@@ -117,51 +129,3 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: ShapeProfile) -> d
         [network.get_output(i) for i in range(network.num_outputs)]
     return {tensor.name: dtype_name(tensor.dtype) for tensor in io}
 
-
-def rebuild(folder: str | Path) -> dict:
-    """Rebuild the engine of a trt-int8 folder from its model.qdq.onnx on this machine,
-    with the shapes its manifest records, and publish the folder again (atomically) with
-    this machine's facts. Returns the new manifest."""
-    folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
-        raise ArtifactError(f"{folder} is no artifact folder ({MANIFEST} missing)")
-    manifest = read_json(folder / MANIFEST)
-    if manifest.get("backend") != "tensorrt":
-        raise ArtifactError(f"{folder} is a {manifest.get('backend')} artifact; build-engine "
-                            "rebuilds TensorRT INT8 engines (trt-int8 folders)")
-    if not (folder / ENGINE_SOURCE).is_file():
-        raise ArtifactError(f"{folder} lacks {ENGINE_SOURCE}, the engine's source; rebuild "
-                            "the folder with `make quantize ARGS=--fresh`")
-    try:
-        import tensorrt  # noqa: F401
-        import torch
-    except ImportError as error:
-        raise ArtifactError(f"build-engine needs TensorRT's Python bindings and PyTorch "
-                            f"({error.name} is not installed; on a Jetson both come with "
-                            "JetPack)") from error
-    if not torch.cuda.is_available():
-        raise ArtifactError("build-engine needs an NVIDIA GPU; this machine has no CUDA device")
-    settings = manifest["tensorrt"]
-    profile = ShapeProfile.from_dict(settings["shapes"])
-    here = machine_facts()
-    started = time.time()
-    with publish_dir(folder) as staging:
-        for path in folder.iterdir():
-            if path.is_file() and path.name != ENGINE:
-                (staging / path.name).write_bytes(path.read_bytes())
-        io = build_engine(staging / ENGINE_SOURCE, staging / ENGINE, profile)
-        previous = {key: settings.get(key) for key in (*BINDING, "cuda_version")}
-        first = settings.get("rebuilt", {})
-        manifest["tensorrt"] = settings | here | {
-            "io_dtypes": io,
-            "rebuilt": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "was": previous,
-                        "seconds": round(time.time() - started, 1),
-                        # No data travels with an artifact: its F1 and latency are the
-                        # first build's, on its GPU.
-                        "f1_measured_on": first.get("f1_measured_on", previous["gpu"]),
-                        "first_build_latency": first.get("first_build_latency",
-                                                         manifest.get("latency"))}}
-        manifest["latency"] = None
-        manifest["size_mb"] = round((staging / ENGINE).stat().st_size / 2**20, 2)
-        metrics = read_json(folder / "metrics.json")
-        return seal_folder(staging, folder, manifest, metrics)

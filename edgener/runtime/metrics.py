@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from edgener.tags import entity_spans
+from edgener.runtime.tags import entity_spans
 
 
 def _prf(correct: int, predicted: int, gold: int) -> dict[str, float]:

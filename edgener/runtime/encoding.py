@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edgener.errors import UserError
+from edgener.runtime.errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -142,6 +142,10 @@ class Encoder:
         self.word_piecer.no_padding()
         self.word_piecer.no_truncation()
         self._pieces: dict[str, list[int]] = {}
+        # Subword tokens of the sentences encoded so far, and the [UNK] among them: how much
+        # of its input the model's vocabulary cannot read (the server reports the share).
+        self.tokens_encoded = 0
+        self.unknown_encoded = 0
 
     @classmethod
     def from_transformers(cls, tokenizer, labels: Sequence[str], max_length: int,
@@ -206,6 +210,8 @@ class Encoder:
         self, sentence_index: int, words: Sequence[str], tags: Sequence[str] | None = None
     ) -> list[Window]:
         pieces = self.subwords(words)
+        self.tokens_encoded += sum(map(len, pieces))
+        self.unknown_encoded += sum(ids.count(self.unk_id) for ids in pieces)
         cases = [case_class(w) for w in words] if self.case_features else [0] * len(words)
         windows = []
         for spec in plan_windows([len(p) for p in pieces], self.max_tokens, self.window_overlap):

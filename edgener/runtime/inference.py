@@ -1,65 +1,25 @@
-"""Inference backends behind one signature, and scoring through any of them.
+"""Word logits through any backend, in token-budget batches, and scoring through them.
 
-A backend is a callable from a padded batch of model inputs (numpy int64 arrays named
-input_ids, attention_mask, token_type_ids) to token logits [batch, tokens, labels]. Every
-stage scores a model through the backend that will serve it, with the same windows,
+Every stage scores a model through the backend that will serve it, with the same windows,
 word alignment and constrained decoding, so their F1 numbers compare like for like.
-
-Nothing here imports torch: this is the runtime an edge box installs (numpy, tokenizers,
-ONNX Runtime). PyTorch-based backends live in edgener.torch_backends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 
-from edgener.artifacts import ArtifactError
-from edgener.decoding import decode_all, softmax
-from edgener.encoding import Encoder, gather_word_logits, pad_arrays, token_batches
-from edgener.metrics import entity_scores
+from edgener.runtime.backend import Backend
+from edgener.runtime.decoding import decode_all, softmax
+from edgener.runtime.encoding import Encoder, gather_word_logits, pad_arrays, token_batches
+from edgener.runtime.metrics import entity_scores
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Padded positions per model call (rows x the longest row). Measured on the 2-core test
 # machine (bench.batching, docs/results.md): tagging CoNLL-2003 test, L3's INT8 artifacts
 # ran within noise of their fastest from 512 to 2,048, while ONNX Runtime's arena, which
 # keeps the largest call's activations, took peak memory from 156 MB to 240 MB.
 BATCH_TOKENS = 512
-Backend = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-class OnnxBackend:
-    """An ONNX model in ONNX Runtime on the CPU, with a fixed thread count.
-
-    Otherwise ONNX Runtime's defaults hold (every graph optimization, spinning worker
-    threads): measured against the alternatives on this project's 2-core machine
-    (bench.session_options, docs/results.md), turning spinning off cost 27-58% at batch 1,
-    lower optimization levels won nothing, and a saved optimized graph cut session creation
-    by at most 40 ms of a ~0.3 s cold start while tying the graph to the CPU it was saved
-    on. `options` are for such measurements."""
-
-    def __init__(self, path: str | Path, threads: int | None = None, options=None):
-        import onnxruntime as ort
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-        options = options or ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
-        except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile,
-                ort_errors.Fail) as error:
-            raise ArtifactError(f"ONNX Runtime cannot load {path} "
-                                f"({str(error).splitlines()[0]})") from error
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {name: batch[name] for name in self.input_names}
-        return self.session.run(None, feed)[0]
 
 
 def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence[str]],

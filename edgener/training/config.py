@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from edgener.errors import UserError
+from edgener.runtime.errors import UserError
 
 # The presets: configs/ in a checkout, installed as the package edgener.configs.
 CONFIG_ROOT = Path(str(files("edgener.configs")))
@@ -81,6 +81,37 @@ def _coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"config key {key}: {value!r} is not a {kind}") from None
     return value
+
+
+def check_at_least(config, minimum: float, *keys: str) -> None:
+    """A ConfigError naming the first of `keys` set below `minimum` (None passes: unset)."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}={value!r} cannot run: {key} must be at least {minimum:g}")
+
+
+def check_above(config, bound: float, *keys: str) -> None:
+    """A ConfigError naming the first of `keys` set at or below `bound`."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value <= bound:
+            raise ConfigError(f"{key}={value!r} cannot run: {key} must be above {bound:g}")
+
+
+def check_fraction(config, *keys: str) -> None:
+    """A ConfigError naming the first of `keys` outside [0, 1)."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{key}={value!r} cannot run: {key} must be at least 0 and "
+                              "below 1")
+
+
+def check_choice(config, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices)}")
 
 
 def as_dict(config) -> dict[str, Any]:

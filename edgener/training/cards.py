@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from edgener.encoding import CASE_CLASSES
+from edgener.runtime.encoding import CASE_CLASSES
 
 STAGE_TITLES = {"teacher": "teacher", "student": "distilled student", "quantized": "quantized"}
 # Backends whose folders run in PyTorch, so need the training extra installed.
@@ -228,7 +228,7 @@ def gpu_binding(manifest: dict, folder: str) -> str:
     settings = manifest.get("tensorrt") or {}
     if backend_of(manifest) not in TENSORRT_BACKENDS or not settings.get("gpu"):
         return ""
-    from edgener.tensorrt_engine import rebuild_command
+    from edgener.backends.engines import rebuild_command
 
     return (f"## GPU\n\nThe engine runs on {settings['gpu']} (compute capability "
             f"{settings.get('compute_capability', '?')}) with TensorRT "
@@ -282,7 +282,7 @@ def casing_warning(manifest: dict) -> str:
     return (
         "## Casing features: load it with edge-ner\n\n"
         f"The token types carry casing classes ({classes}; see "
-        "`edgener.encoding.CASE_CLASSES`): the token type id of each subword is the casing "
+        "`edgener.runtime.encoding.CASE_CLASSES`): the token type id of each subword is the casing "
         "class of the word it belongs to. Loading this folder in a plain transformers "
         "pipeline gives every token type 0, so different, worse tags. Load it right with "
         "edge-ner (`edge-ner predict` or `edgener.predictor.load_predictor`), or compute "

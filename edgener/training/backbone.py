@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-from edgener.artifacts import read_json, read_manifest, verify_files
-from edgener.encoding import CASE_CLASSES, Encoder
-from edgener.errors import UserError
+from edgener.runtime.artifacts import read_json, read_manifest, verify_files
+from edgener.runtime.encoding import CASE_CLASSES, Encoder
+from edgener.runtime.errors import UserError
 
 PACKAGE_PREFIX = "package:"
 

@@ -1,0 +1,1 @@
+"""The `edge-ner` command (edgener.cli.main)."""

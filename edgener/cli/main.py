@@ -1,0 +1,142 @@
+"""`edge-ner`: the one command.
+
+    edge-ner predict ARTIFACT "Angela Merkel visited Paris."
+    edge-ner label ARTIFACT notes.txt --output notes.jsonl
+    edge-ner evaluate ARTIFACT test.txt
+    edge-ner info ARTIFACT
+    edge-ner serve ARTIFACT --port 8080   (an HTTP service; needs edge-ner[serve])
+    edge-ner build-engine ARTIFACT   (a trt-int8 engine for this GPU; needs TensorRT)
+    edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
+
+Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
+serving commands import only the runtime (ONNX Runtime, tokenizers, numpy); a stage
+imports its training stack when it runs, and says which extra to install if it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edgener.cli.commands import (
+    command_build_engine,
+    command_evaluate,
+    command_info,
+    command_label,
+    command_predict,
+    command_serve,
+)
+from edgener.runtime.console import run_cli
+from edgener.training.stage import run_stage_module
+
+# subcommand -> (module whose main(argv) runs it, what it does)
+STAGE_COMMANDS = {
+    "teacher": ("teacher.train", "fine-tune the teacher (needs edge-ner[train])"),
+    "distill": ("distill.train", "distill students from the teacher (needs edge-ner[train])"),
+    "quantize": ("quantize.build", "build INT8 artifacts (needs edge-ner[train,quantize])"),
+    "report": ("bench.report", "latency against F1 of every artifact (needs edge-ner[all])"),
+}
+
+
+def stage_command(name: str, argv: list[str]) -> int:
+    """A pipeline stage (teacher, distill, quantize, report), which parses its own options."""
+    return run_stage_module(STAGE_COMMANDS[name][0], argv, f"edge-ner {name}")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgener.runtime.inference import BATCH_TOKENS
+
+    parser = argparse.ArgumentParser(
+        prog="edge-ner", description="Named entities from raw text with a small, fast model, "
+        "and the pipeline that makes it.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def artifact_command(name: str, help: str, handler) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("artifact", help="an artifact folder: runs/<run>/quantized/<name>, "
+                         "runs/<run>/students/<name> or runs/<run>/teacher")
+        sub.add_argument("--threads", type=positive_int, default=None,
+                         help="CPU threads (default: all cores)")
+        sub.add_argument("--max-batch-tokens", type=positive_int, default=BATCH_TOKENS,
+                         metavar="N", help="padded tokens per model call (default "
+                         f"{BATCH_TOKENS}); a larger budget holds more memory")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    predict = artifact_command("predict", "entities of texts as JSON lines", command_predict)
+    predict.add_argument("text", nargs="*", help="texts to tag; none: one a line from stdin")
+    label = artifact_command("label", "tag a text file (a text a line, JSON lines out) or a "
+                             "CoNLL file (the predicted tag as a last column)", command_label)
+    label.add_argument("input", help="the file to tag")
+    label.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
+                       help="jsonl: a text a line in, JSON lines out; conll: a token a line "
+                       "in, the same lines with the predicted tag appended out")
+    label.add_argument("--output", help="write here (default: stdout)")
+    evaluate = artifact_command("evaluate", "entity precision, recall and F1 on labelled data",
+                                command_evaluate)
+    evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    serve = artifact_command("serve", "serve an artifact over HTTP: POST /v1/entities, "
+                             "/healthz, /v1/model, /metrics, /openapi.json (needs "
+                             "edge-ner[serve])", command_serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                       help="how long a request may wait for others to share its model call "
+                       "(default 5; 0: every request a model call of its own)")
+    serve.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
+                       help="requests waiting for the model before new ones get 503")
+    serve.add_argument("--max-text-chars", type=positive_int, default=100_000, metavar="N")
+    serve.add_argument("--max-texts", type=positive_int, default=256, metavar="N",
+                       help="texts in one request")
+    serve.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N")
+    serve.add_argument("--timeout-ms", type=positive_int, default=30_000, metavar="MS",
+                       help="a request not answered by then gets 504")
+    serve.add_argument("--spinning", action="store_true",
+                       help="let ONNX Runtime's threads spin between operators (faster on "
+                       "cores the server does not share; off by default)")
+    serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
+    engine = commands.add_parser(
+        "build-engine", help="rebuild a trt-int8 artifact's TensorRT engine for this GPU "
+        "and TensorRT release, from the model.qdq.onnx it ships (needs TensorRT and CUDA)")
+    engine.add_argument("artifact", help="a trt-int8 folder: runs/<run>/quantized/<name>")
+    engine.set_defaults(handler=command_build_engine)
+    info = commands.add_parser("info", help="what an artifact is and what it scores")
+    info.add_argument("artifact")
+    info.add_argument("--verify", action="store_true",
+                      help="check every file against the SHA-256 in its manifest")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=command_info)
+    for name, (_, help) in STAGE_COMMANDS.items():
+        stage = commands.add_parser(name, help=help, add_help=False)
+        stage.add_argument("stage_args", nargs=argparse.REMAINDER)
+        stage.set_defaults(stage=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGE_COMMANDS:  # the stage parses its own options (and --help)
+        return stage_command(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def entry() -> None:
+    """The console script."""
+    try:
+        sys.exit(run_cli(main))
+    except BrokenPipeError:  # `edge-ner predict ... | head`: the reader left
+        sys.stderr.close()
+        sys.exit(0)
+

@@ -1,0 +1,1 @@
+"""`edge-ner serve`: an artifact behind an HTTP API (the serve extra)."""
