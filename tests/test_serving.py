@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -359,6 +360,44 @@ def test_a_log_sink_nobody_reads_never_stalls_the_server(invariant_artifact):
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def test_log_lines_for_a_stalled_pipe_are_dropped_and_counted_never_waited_for():
+    """In-process, on a real pipe nobody reads: 5,000 lines are logged without waiting, the
+    first ones reach the pipe whole and in order, the ones that fit nowhere are counted,
+    and the writer stops although the pipe never drains."""
+    import logging
+
+    from edgener.serve.logs import QUEUE_LINES, SERVER_LOGGERS, start_logging
+
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate,
+                    logging.getLogger(name).level) for name in SERVER_LOGGERS}
+    read_end, write_end = os.pipe()
+    dropped = []
+    try:
+        with os.fdopen(write_end, "w") as stream:
+            writer = start_logging(False, lambda: dropped.append(1), stream)
+            for k in range(5 * QUEUE_LINES):
+                logging.getLogger("edgener.serve").info("line %05d", k)
+            writer.stop(timeout=0.5)
+            assert not writer.thread.is_alive()
+        os.set_blocking(read_end, False)
+        written = b"".join(iter(lambda: os.read(read_end, 1 << 16), b"")).decode()
+    except BlockingIOError:  # the pipe is empty
+        raise AssertionError("nothing reached the pipe") from None
+    finally:
+        os.close(read_end)
+        for name, (handlers, propagate, level) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(level)
+    lines = written.splitlines()
+    assert [line.split(" info: ")[1] for line in lines[:100]] == \
+        [f"line {k:05d}" for k in range(100)]
+    # Every line reached the pipe (~64 KB of them), waited in the queue or the writer's
+    # hand when it stopped, or was dropped and counted.
+    assert 1000 < len(lines) < 5 * QUEUE_LINES - QUEUE_LINES
+    assert len(dropped) >= 5 * QUEUE_LINES - len(lines) - QUEUE_LINES - 1
 
 
 def test_metrics_count_the_input_tokens_the_vocabulary_does_not_know(server):
