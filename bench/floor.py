@@ -72,4 +72,3 @@ def _int8_matmul_session(size: int, threads: int):
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
-

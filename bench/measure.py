@@ -376,16 +376,6 @@ def source_model_folder(run_dir: Path, source: str) -> Path:
     return run_dir / "teacher" if source == "teacher" else run_dir / "students" / source
 
 
-
-
-
-
-
-
-
-
-
-
 def evenly_spaced(count: int, total: int) -> list[int]:
     """`count` indices spread over range(total): a sample with the split's length mix."""
     if count >= total:

@@ -56,10 +56,6 @@ FAILURES = "failures.json"  # runs/<run>/quantized/: variants that failed, and w
 SHAPE_KEYS = ("architecture", "layers", "hidden_size", "heads", "intermediate_size")
 
 
-
-
-
-
 def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int:
     parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
@@ -277,8 +273,6 @@ def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: P
         return evaluate(backend, source, splits["valid"], config)["f1"]
 
     return tensorrt_build.build(variant, source, config, plain, splits, work, f1_of, min_f1)
-
-
 
 
 def build_static(source: Source, config: QuantizeConfig, plain: Path, splits: dict,

@@ -48,4 +48,3 @@ class Built:
 def calibration_reader(source: Source, config: QuantizeConfig, splits: dict):
     train = splits["train"][: config.calibration_sentences]
     return ort_quant.CalibrationReader(source.encoder, [s.words for s in train])
-

@@ -128,4 +128,3 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: ShapeProfile) -> d
     io = [network.get_input(i) for i in range(network.num_inputs)] + \
         [network.get_output(i) for i in range(network.num_outputs)]
     return {tensor.name: dtype_name(tensor.dtype) for tensor in io}
-

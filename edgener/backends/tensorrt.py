@@ -145,4 +145,3 @@ def engine_backend(folder: Path, manifest: dict, path: Path) -> Backend:
     if backend == "torch-tensorrt":
         return TorchTensorRTBackend.from_file(path, profile)
     return TensorRTEngineBackend.from_file(path, profile)
-

@@ -73,5 +73,3 @@ def hf_model(folder: Path, device: str = "cpu", precision: str = "fp32") -> torc
     if precision == "int8":
         quantize_linears(model)
     return model
-
-

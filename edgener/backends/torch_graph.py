@@ -88,4 +88,3 @@ class IncBackend(GraphBackend):
             raise ArtifactError(f"neural-compressor: cannot load {folder} "
                                 f"({str(error).splitlines()[0]})") from error
         super().__init__(model, threads, compile)
-

@@ -309,5 +309,3 @@ def artifact_facts(folder: Path, manifest: dict, metrics: dict) -> dict:
     facts["encoding"] = manifest["encoding"]
     facts["created"] = manifest.get("created", "")
     return facts
-
-

@@ -139,4 +139,3 @@ def entry() -> None:
     except BrokenPipeError:  # `edge-ner predict ... | head`: the reader left
         sys.stderr.close()
         sys.exit(0)
-

@@ -51,4 +51,3 @@ class OnnxBackend:
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: batch[name] for name in self.input_names}
         return self.session.run(None, feed)[0]
-

@@ -92,4 +92,3 @@ def find_split_file(folder: Path, split: str) -> Path:
     raise DataError(
         f"{folder}: no {split} file (looked for {', '.join(SPLIT_FILES[split])})"
     )
-

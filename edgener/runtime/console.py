@@ -53,4 +53,3 @@ def run_cli(main: Callable[[], int]) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}", file=sys.stderr, flush=True)
         return 1
-

@@ -19,6 +19,7 @@ class UserError(Exception):
     exit_code = 1
     label = "error"
 
+
 # The top-level module -> the extra that installs it.
 EXTRA_OF_MODULE = {
     "torch": "train", "transformers": "train", "textbrewer": "train", "datasets": "train",

@@ -79,4 +79,3 @@ def batch_invariance(backend: Backend, encoder: Encoder, sentences: Sequence[Seq
             "max_probability_diff": largest_diff, "argmax_changes": changed,
             "tolerance": tolerance,
             "invariant": changed == 0 and largest_diff <= tolerance}
-

@@ -41,16 +41,6 @@ from edgener.serve.requests import ApiError, parse_texts, read_body
 log = logging.getLogger("edgener.serve")
 
 
-
-
-
-
-
-
-
-
-
-
 @dataclass
 class State:
     """What the routes share: the model once it is loaded, and the batcher in front of it."""
@@ -61,10 +51,6 @@ class State:
     batcher: Batcher | None = None
     load_error: str | None = None
     loop: asyncio.AbstractEventLoop | None = None
-
-
-
-
 
 
 def create_app(load: Callable[[], Predictor], config: ServeConfig,
@@ -213,13 +199,3 @@ def model_card(predictor: Predictor) -> dict:
         "batch_invariant": predictor.batch_invariant,
         "max_length": predictor.encoder.max_length,
     }
-
-
-
-
-
-
-
-
-
-

@@ -19,4 +19,3 @@ class ServeConfig:
     # cores, but here they share the cores with the event loop that parses the requests.
     spinning: bool = False
     warmup_texts: tuple[str, ...] = ("EU rejects German call to boycott British lamb .",) * 4
-

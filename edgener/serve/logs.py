@@ -58,7 +58,6 @@ class LogFormatter(logging.Formatter):
         return f"{when} {record.levelname.lower()}: {record.getMessage()}"
 
 
-
 class DroppingQueueHandler(QueueHandler):
     """Formats a record where it is made, and puts the line on the queue if there is room;
     otherwise drops it and calls `on_drop`."""

@@ -53,4 +53,3 @@ class Metrics:
         self.unknown_seen += unknown
         self.unknown_share.set(self.unknown_seen / self.tokens_seen if self.tokens_seen
                                else 0.0)
-

@@ -66,4 +66,3 @@ def openapi_document(config: ServeConfig) -> dict:
                         "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         },
     }
-

@@ -71,4 +71,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"the body is over {limit} bytes (--max-body-bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
-

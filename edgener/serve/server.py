@@ -65,4 +65,3 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = True  # a second Ctrl-C: stop waiting
         else:
             self.should_exit = True
-

@@ -130,4 +130,3 @@ def run_path(runs_dir: str, run: str) -> Path:
 def dataset_run_name(dataset: str) -> str:
     """The run a dataset's pipeline writes by default: its name, or its folder's name."""
     return Path(dataset).resolve().name if Path(dataset).is_dir() else Path(dataset).name
-

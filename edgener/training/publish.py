@@ -178,4 +178,3 @@ def rebuild_engine(folder: str | Path) -> dict:
         manifest["size_mb"] = round((staging / ENGINE).stat().st_size / 2**20, 2)
         metrics = read_json(folder / "metrics.json")
         return seal_folder(staging, folder, manifest, metrics)
-
