@@ -27,6 +27,10 @@ class TeacherConfig(TrainSettings):
     train_limit: int | None = None  # first N train sentences (quick mode)
     eval_limit: int | None = None  # first N valid and test sentences (quick mode)
     dropout: float | None = None  # None keeps the backbone's
+    # Vocabulary coverage of train, before any training: above warn_unknown_share of its
+    # subword tokens [UNK] a warning, above max_unknown_share a stop (1.0: train anyway).
+    warn_unknown_share: float = 0.01
+    max_unknown_share: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,4 +38,5 @@ class TeacherConfig(TrainSettings):
         check_at_least(self, 0, "window_overlap")
         check_at_least(self, 1, "train_limit", "eval_limit")
         check_fraction(self, "dropout")
+        check_at_least(self, 0, "warn_unknown_share", "max_unknown_share")
         check_choice(self, "tag_scheme", SCHEMES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,7 +17,9 @@ from rich.table import Table
 
 from edgener.runtime.artifacts import MANIFEST, read_json
 from edgener.runtime.console import console
+from edgener.runtime.coverage import Coverage, vocabulary_coverage
 from edgener.runtime.encoding import Encoder
+from edgener.runtime.errors import UserError
 from edgener.training.backbone import build_token_classifier, load_tokenizer, resolve_model_source
 from edgener.training.config import (
     as_dict,
@@ -40,6 +43,10 @@ from edgener.training.loop import (
 )
 from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 from teacher.config import TeacherConfig
+
+
+class VocabularyError(UserError):
+    """So much of the training text is [UNK] to the backbone that it would train blind."""
 
 
 def choose_preset(requested: str | None) -> tuple[str, str]:
@@ -93,11 +100,12 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
         f"{len(test_set)} test sentences; {len(labels)} labels")
     source = resolve_model_source(config.model)
     tokenizer = load_tokenizer(source)
+    encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
+                                        config.window_overlap, config.case_features)
+    coverage = check_coverage(encoder, train_set, config, log)
     set_seed(config.seed)
     model = build_token_classifier(source, labels, config.case_features, config.dropout)
     model.to(processes.device)
-    encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
-                                        config.window_overlap, config.case_features)
     windows = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
     step = TokenClassifierStep(model, windows, tokenizer.pad_token_id, processes.device)
 
@@ -109,13 +117,33 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
                  run_dir / ".teacher-work", config_id, processes, fresh)
     if processes.is_main:
         publish(config, config_id, preset, model, tokenizer, encoder, labels, dataset,
-                valid_set, test_set, result, processes, out_dir)
+                valid_set, test_set, coverage, result, processes, out_dir)
     processes.barrier()
     return 0
 
 
+def check_coverage(encoder: Encoder, train_set: list, config: TeacherConfig,
+                   log: Callable[..., None]) -> Coverage:
+    """How much of train the backbone's vocabulary can read, said before training; a stop
+    where so much is [UNK] that the model would train blind."""
+    coverage = vocabulary_coverage(encoder, [s.words for s in train_set])
+    where = f"train, with {config.model}'s vocabulary"
+    if coverage.unknown_token_share > config.max_unknown_share:
+        raise VocabularyError(
+            f"{where}: {coverage.describe()}; the model cannot read them. Use a backbone "
+            f"whose vocabulary covers this text (model=...), or train anyway with "
+            f"max_unknown_share=1")
+    if coverage.unknown_token_share > config.warn_unknown_share:
+        log(f"[yellow]warning[/]: {where}: {coverage.describe()}; the model sees nothing "
+            "of those")
+    else:
+        log(f"vocabulary: {coverage.describe()} of train")
+    return coverage
+
+
 def publish(config, config_id, preset, model, tokenizer, encoder, labels, dataset,
-            valid_set, test_set, result: FitResult, processes, out_dir) -> None:
+            valid_set, test_set, coverage: Coverage, result: FitResult, processes,
+            out_dir) -> None:
     """Score the best weights on valid and test, and write the teacher folder atomically."""
     shape = describe_model(model)
     metrics = {
@@ -137,6 +165,7 @@ def publish(config, config_id, preset, model, tokenizer, encoder, labels, datase
                  "train_sentences": config.train_limit, "eval_sentences": config.eval_limit},
         valid_f1=metrics["valid"]["f1"],
         test_f1=metrics["test"]["f1"],
+        vocabulary_coverage={"train": coverage.as_dict()},
     )
     publish_model(out_dir, model, tokenizer, labels, as_dict(config), metrics, manifest)
     print_summary(metrics, out_dir)

@@ -151,6 +151,17 @@ def test_latency_appears_only_when_the_manifest_has_it():
     assert "(x86_64, 2 threads)" in timed
 
 
+def test_a_teacher_card_says_how_much_of_its_text_the_vocabulary_could_not_read():
+    assert "## Vocabulary coverage" not in render_card(teacher_manifest(), METRICS, "f")
+    card = render_card(teacher_manifest(vocabulary_coverage={"train": {
+        "words": 1000, "unknown_words": 610, "unknown_word_share": 0.61, "tokens": 1000,
+        "unknown_tokens": 610, "unknown_token_share": 0.61,
+        "top_unknown": [["在", 40], ["是", 31]]}}), METRICS, "f")
+    assert "## Vocabulary coverage" in card
+    assert "61.00% of subword tokens and 61.00% of words were `[UNK]`" in card
+    assert "`在` (40), `是` (31)" in card
+
+
 def test_batching_section_says_whether_callers_can_share_a_model_call():
     assert "## Batching" not in render_card(quantized_manifest(), METRICS, "f")
     check = {"windows": 256, "batches": 4, "largest_batch": 110, "tolerance": 1e-3}

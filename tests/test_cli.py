@@ -153,6 +153,24 @@ def test_evaluate_scores_a_conll_file(artifacts, tmp_path):  # noqa: F811
     assert table.returncode == 0 and "100.00" in table.stdout and "all" in table.stdout
 
 
+def test_evaluate_says_how_much_of_the_data_the_vocabulary_cannot_read(artifacts, tmp_path):  # noqa: F811,E501
+    # MiniLM's vocabulary: "paris", "is", "big" known; the snowman and 㐀 (a rare CJK
+    # character) are not.
+    data = conll_file(tmp_path / "mixed.txt", [(["Paris", "☃", "is", "big"],
+                                                ["B-LOC", "O", "O", "O"]),
+                                               (["㐀", "☃"], ["O", "O"])])
+    result = edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(data), "--json",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    vocabulary = json.loads(result.stdout)["vocabulary"]
+    assert (vocabulary["tokens"], vocabulary["unknown_tokens"]) == (6, 3)
+    assert vocabulary["unknown_token_share"] == 0.5
+    assert vocabulary["top_unknown"] == [["☃", 2], ["㐀", 1]]
+    table = edge_ner("evaluate", str(artifacts["onnx-fp32"]), str(data), cwd=tmp_path)
+    assert "vocabulary: 50.0% of subword tokens and 50.0% of words are [UNK] " \
+           "(most frequent: ☃ 㐀)" in table.stdout
+
+
 def test_evaluate_reads_a_dataset_folders_test_split(artifacts, tmp_path):  # noqa: F811
     folder = tmp_path / "my-ner"
     folder.mkdir()

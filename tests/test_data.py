@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from edgener.runtime.conll import DataError, read_conll
+from edgener.training import datasets as datasets_module
 from edgener.training.datasets import DATA_DIR_ENV, load_dataset
 
 
@@ -351,12 +353,33 @@ def test_missing_dataset_without_hub_is_a_data_error(tmp_path, monkeypatch, erro
         raise error
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets_module, "hub_unreachable", lambda: None)  # it answers
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # online: the hub is asked
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(DataError) as info:
         load_dataset("no-such-dataset-xyz", data_dir=str(tmp_path))
     assert calls == ["no-such-dataset-xyz"]
     assert "no-such-dataset-xyz" in str(info.value)
+
+
+def test_a_hub_that_takes_no_connection_is_said_at_once_without_asking_it(tmp_path,
+                                                                          monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: calls.append(name))
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                 "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(DataError) as info:
+        load_dataset("conll2003-typo", data_dir=str(tmp_path))
+    assert calls == []  # no retries against a hub that cannot answer
+    message = str(info.value)
+    assert "'conll2003-typo' is neither a folder nor under the data dir" in message
+    assert f"the Hugging Face hub cannot be reached: 127.0.0.1:{port} (" in message
 
 
 def test_missing_dataset_name_under_env_data_dir_goes_to_hub(tmp_path, monkeypatch):
@@ -368,6 +391,7 @@ def test_missing_dataset_name_under_env_data_dir_goes_to_hub(tmp_path, monkeypat
         raise OSError(f"cannot reach the hub for {name}\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets_module, "hub_unreachable", lambda: None)  # it answers
     with pytest.raises(DataError) as info:
         load_dataset("absent")
     assert "'absent'" in str(info.value)

@@ -57,6 +57,9 @@ def test_teacher_writes_complete_artifacts(reference_run: Path):
     assert metrics["steps"] > 60 and metrics["steps"] % 2 == 0
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["stage"] == "teacher"
+    coverage = manifest["vocabulary_coverage"]["train"]  # CoNLL in MiniLM's vocabulary
+    assert coverage["words"] > 2000 and coverage["tokens"] >= coverage["words"]
+    assert coverage["unknown_token_share"] < 0.001
     assert manifest["labels"] == json.loads((reference_run / "labels.json").read_text())
     assert not list(reference_run.parent.glob(".teacher.staging-*"))
 
@@ -139,6 +142,34 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_bert, conll_dir, reference_ru
     reference = json.loads((reference_run / "metrics.json").read_text())
     assert metrics["steps"] == reference["steps"]  # the global batch is split, not multiplied
     assert 0.0 <= metrics["test"]["f1"] <= 1.0
+
+
+def chinese_dataset(folder: Path) -> Path:
+    """Character-level sentences, most of whose characters MiniLM's vocabulary lacks."""
+    folder.mkdir()
+    sentences = "".join(f"{c} {t}\n" for c, t in zip("张三在纽约工作", ["B-PER", "I-PER", "O",
+                                                                    "B-LOC", "I-LOC", "O",
+                                                                    "O"], strict=True))
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.txt").write_text((sentences + "\n") * 3 + "中 O\n国 O\n\n",
+                                             encoding="utf-8")
+    return folder
+
+
+def test_a_vocabulary_blind_to_the_text_stops_the_teacher_before_training(tmp_path, tiny_bert):
+    data = chinese_dataset(tmp_path / "zh")
+    result = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
+                        f"dataset={data}", "run=zh", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    vocabulary = AutoTokenizer.from_pretrained(tiny_bert).get_vocab()
+    characters = [line.split()[0] for line in (data / "train.txt").read_text().splitlines()
+                  if line]
+    unknown = [c for c in characters if c not in vocabulary]
+    assert 0.5 < len(unknown) / len(characters) < 1  # some known, most not
+    assert f"{100 * len(unknown) / len(characters):.1f}% of subword tokens" in line
+    assert "train, with" in line and "max_unknown_share=1" in line
+    assert not (tmp_path / "runs" / "zh" / ".teacher-work").exists()  # nothing trained
 
 
 def test_bad_data_is_one_clear_line(tmp_path, tiny_bert):

@@ -180,6 +180,7 @@ def read_lines(raw: IO[bytes], name: str,
 
 def command_evaluate(args: argparse.Namespace) -> int:
     from edgener.runtime.conll import find_split_file, read_conll
+    from edgener.runtime.coverage import vocabulary_coverage
     from edgener.runtime.metrics import entity_scores
     from edgener.runtime.tags import detect_scheme, to_iob2
 
@@ -191,11 +192,15 @@ def command_evaluate(args: argparse.Namespace) -> int:
     predictor = load(args)
     predicted = [tags for tags, _ in predictor.tag([s.words for s in sentences])]
     scores = entity_scores(gold, predicted)
+    coverage = vocabulary_coverage(predictor.encoder, [s.words for s in sentences])
     if args.json:
-        print(json.dumps({"data": str(path), "sentences": len(sentences), **scores}, indent=2))
+        print(json.dumps({"data": str(path), "sentences": len(sentences), **scores,
+                          "vocabulary": coverage.as_dict()}, indent=2, ensure_ascii=False))
         return 0
     get_console().print(scores_table(scores, f"{args.artifact} on {path} "
                                              f"({len(sentences)} sentences)"))
+    get_console().print(f"vocabulary: {coverage.describe()}", highlight=False,
+                        soft_wrap=True)
     return 0
 
 

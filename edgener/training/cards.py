@@ -29,6 +29,7 @@ def render_card(manifest: dict, metrics: dict, folder: str | Path) -> str:
         what_it_is(manifest, folder),
         made_from(manifest),
         scores(manifest, metrics),
+        vocabulary(manifest),
         latency(manifest),
         batching(manifest),
         gpu_binding(manifest, folder),
@@ -209,6 +210,20 @@ def scores(manifest: dict, metrics: dict) -> str:
             *(f"| {kind} | {cell('valid', kind)} | {cell('test', kind)} |" for kind in types)]
     return ("## Entity F1 (%)\n\nExact span and type, micro-averaged over entities.\n\n"
             "| type | valid F1 | test F1 |\n|---|---:|---:|\n" + "\n".join(rows))
+
+
+def vocabulary(manifest: dict) -> str:
+    """How much of its training text the model's vocabulary could read."""
+    train = (manifest.get("vocabulary_coverage") or {}).get("train")
+    if not train:
+        return ""
+    text = (f"## Vocabulary coverage\n\nOf its train split, {pct(train['unknown_token_share'])}% "
+            f"of subword tokens and {pct(train['unknown_word_share'])}% of words were "
+            "`[UNK]` to the vocabulary: the model saw nothing of them.")
+    if train.get("top_unknown"):
+        text += " The most frequent: " + ", ".join(
+            f"`{word}` ({count})" for word, count in train["top_unknown"]) + "."
+    return text
 
 
 def latency(manifest: dict) -> str:

@@ -4,6 +4,9 @@ Hugging Face hub dataset."""
 from __future__ import annotations
 
 import os
+import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from edgener.runtime.conll import SPLIT_FILES, DataError, Sentence, find_split_f
 from edgener.runtime.tags import SCHEMES, detect_scheme, to_iob2
 
 DATA_DIR_ENV = "EDGE_NER_DATA_DIR"
+HUB_PROBE_SECONDS = 3.0  # one connection attempt before the hub is asked for a dataset
 
 
 @dataclass
@@ -84,6 +88,22 @@ def check_known_tags(sentences: list[Sentence], labels: list[str], filename: str
                 raise DataError(f"{filename}:{line}: tag {tag!r} does not occur in train")
 
 
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face hub (HF_ENDPOINT, or the proxy for it) takes no connection, found
+    within `timeout` seconds; None when it does."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urllib.parse.urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(
+        endpoint.hostname or "") else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=timeout):
+            return None
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"{target.hostname}:{port} ({reason})"
+
+
 def _load_hub_dataset(name: str, data_dir: str | None):
     where = data_dir or os.environ.get(DATA_DIR_ENV) or "(no data dir set)"
     # Offline, `datasets` still retries the hub for half a minute before it gives up; the
@@ -94,6 +114,11 @@ def _load_hub_dataset(name: str, data_dir: str | None):
     if offline:
         raise DataError(f"dataset {name!r} is neither a folder nor under the data dir {where}, "
                         f"and the Hugging Face hub is offline ({offline[0]} is set)")
+    # Where the hub cannot be reached at all, `datasets` retries for half a minute too.
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise DataError(f"dataset {name!r} is neither a folder nor under the data dir {where}, "
+                        f"and the Hugging Face hub cannot be reached: {unreachable}")
     try:
         import datasets
     except ImportError:  # pragma: no cover - a declared dependency
