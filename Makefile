@@ -1,4 +1,4 @@
-# edge-ner: make all | make test | make teacher | make distill | make quantize | make report
+# edge-ner: make all | make test | make pretrain | make teacher | make distill | make quantize | make report
 # (QUICK=1: a quick slice) | make gpu-check (on a CUDA machine) | make gpu-pack
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ RUN ?= $(notdir $(abspath $(DATASET)))$(if $(QUICK),-quick,)
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
 
-.PHONY: all install teacher distill quantize report test lint clean gpu-check gpu-pack
+.PHONY: all install pretrain teacher distill quantize report test lint clean gpu-check gpu-pack
 
 all: teacher distill quantize report
 
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+pretrain: install
+	$(PY) -m pretrain $(STAGE_ARGS)
 
 teacher: install
 	$(PY) -m teacher $(STAGE_ARGS)

@@ -14,7 +14,7 @@ from edgener.training.loop import TrainSettings
 @dataclass
 class TeacherConfig(TrainSettings):
     # What to train on and where it goes
-    model: str = "bert-base-cased"  # hub id, local folder, or package:NAME
+    model: str = "bert-base-cased"  # hub id, local folder, package:NAME, or pretrained
     dataset: str = "conll2003"  # folder, name under data_dir, or hub dataset
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     tag_scheme: str = "auto"  # auto, iob1, iob2 or bioes; converted to IOB2

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from edgener.runtime.artifacts import MANIFEST, read_json
+from edgener.runtime.artifacts import MANIFEST, read_json, read_manifest, verify_files
 from edgener.runtime.console import console
 from edgener.runtime.coverage import Coverage, vocabulary_coverage
 from edgener.runtime.encoding import Encoder
@@ -43,6 +43,8 @@ from edgener.training.loop import (
 )
 from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 from teacher.config import TeacherConfig
+
+PRETRAINED = "pretrained"  # model= shorthand for the run's own pretrained backbone
 
 
 class VocabularyError(UserError):
@@ -98,7 +100,7 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     labels = dataset.labels
     log(f"data: {dataset.source}: {len(train_set)} train, {len(valid_set)} valid, "
         f"{len(test_set)} test sentences; {len(labels)} labels")
-    source = resolve_model_source(config.model)
+    source = backbone_source(config.model, run_dir)
     tokenizer = load_tokenizer(source)
     encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
                                         config.window_overlap, config.case_features)
@@ -122,6 +124,16 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     return 0
 
 
+def backbone_source(model: str, run_dir: Path) -> str:
+    """What transformers loads for `model`: `pretrained` is the run's own
+    runs/<run>/pretrained (made by `make pretrain`)."""
+    if model != PRETRAINED:
+        return resolve_model_source(model)
+    folder = run_dir / "pretrained"
+    verify_files(folder, read_manifest(folder, "pretrained", "make pretrain"))
+    return str(folder)
+
+
 def check_coverage(encoder: Encoder, train_set: list, config: TeacherConfig,
                    log: Callable[..., None]) -> Coverage:
     """How much of train the backbone's vocabulary can read, said before training; a stop
@@ -130,9 +142,10 @@ def check_coverage(encoder: Encoder, train_set: list, config: TeacherConfig,
     where = f"train, with {config.model}'s vocabulary"
     if coverage.unknown_token_share > config.max_unknown_share:
         raise VocabularyError(
-            f"{where}: {coverage.describe()}; the model cannot read them. Use a backbone "
-            f"whose vocabulary covers this text (model=...), or train anyway with "
-            f"max_unknown_share=1")
+            f"{where}: {coverage.describe()}; the model cannot read them. Extend the "
+            "vocabulary and pretrain on your text (make pretrain ARGS=\"mode=extend "
+            "corpus=YOUR_TEXT\", then model=pretrained), use a backbone whose vocabulary "
+            "covers this language (model=...), or train anyway with max_unknown_share=1")
     if coverage.unknown_token_share > config.warn_unknown_share:
         log(f"[yellow]warning[/]: {where}: {coverage.describe()}; the model sees nothing "
             "of those")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, module_env
 
-PACKAGES = ("edgener", "teacher", "distill", "quantize", "bench")
+PACKAGES = ("edgener", "pretrain", "teacher", "distill", "quantize", "bench")
 # Lower first. A module may import its own layer and those below it; never one above, nor
 # a sibling of the same rank (the service and the training kit do not know each other).
 RANKS = {
@@ -23,6 +23,7 @@ RANKS = {
     "edgener.training": 3,
     "edgener.serve": 3,
     "edgener.cli": 4,
+    "pretrain": 5,
     "teacher": 5,
     "distill": 5,
     "quantize": 5,

@@ -6,7 +6,7 @@
     edge-ner info ARTIFACT
     edge-ner serve ARTIFACT --port 8080   (an HTTP service; needs edge-ner[serve])
     edge-ner build-engine ARTIFACT   (a trt-int8 engine for this GPU; needs TensorRT)
-    edge-ner teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
+    edge-ner pretrain|teacher|distill|quantize|report ...   (the pipeline's stages; need extras)
 
 Exit codes: 0 on success, 1 on a user error (one line on stderr), 2 on bad usage. The
 serving commands import only the runtime (ONNX Runtime, tokenizers, numpy); a stage
@@ -32,6 +32,8 @@ from edgener.training.stage import run_stage_module
 
 # subcommand -> (module whose main(argv) runs it, what it does)
 STAGE_COMMANDS = {
+    "pretrain": ("pretrain.train", "MLM pretraining of the backbone on your own text (needs "
+                 "edge-ner[train])"),
     "teacher": ("teacher.train", "fine-tune the teacher (needs edge-ner[train])"),
     "distill": ("distill.train", "distill students from the teacher (needs edge-ner[train])"),
     "quantize": ("quantize.build", "build INT8 artifacts (needs edge-ner[train,quantize])"),

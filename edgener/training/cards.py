@@ -24,6 +24,8 @@ def render_card(manifest: dict, metrics: dict, folder: str | Path) -> str:
     """The model card of the folder `folder` (named in its commands as given) as Markdown
     with a Hugging Face front matter block."""
     folder = str(folder)
+    if manifest.get("stage") == "pretrained":
+        return pretrained_card(manifest, folder)
     sections = [
         front_matter(manifest),
         what_it_is(manifest, folder),
@@ -38,6 +40,45 @@ def render_card(manifest: dict, metrics: dict, folder: str | Path) -> str:
         usage(manifest, folder),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def pretrained_card(manifest: dict, folder: str) -> str:
+    """The card of a pretrained backbone: how it was made, and what it predicts of held-out
+    text; it tags nothing until `make teacher` fine-tunes it."""
+    corpus, vocab = manifest.get("corpus") or {}, manifest.get("vocabulary") or {}
+    heldout, training = manifest.get("heldout") or {}, manifest.get("training") or {}
+    probability = (manifest.get("objective") or {}).get("mlm_probability", 0)
+    start = {"continue": f"`{manifest.get('model_source')}`, as it was",
+             "extend": f"`{manifest.get('model_source')}` with {vocab.get('added', 0):,} "
+                       "tokens added to its vocabulary (old ids and rows unchanged)",
+             "scratch": "random weights and a WordPiece vocabulary learned from the text"}
+    lines = [f"Started from {start.get(manifest.get('mode'), '?')}; {vocab.get('size', '?'):,} "
+             "tokens in its vocabulary.",
+             f"Text: {corpus.get('source', '?')}, {corpus.get('lines', 0):,} lines "
+             f"({corpus.get('removed_as_valid_or_test', 0):,} removed for holding a valid or "
+             f"test sentence), {corpus.get('tokens', 0):,} tokens in blocks of "
+             f"{corpus.get('block_size', '?')}.",
+             f"Objective: masked-language modelling, {pct(probability)}% of the tokens "
+             "chosen (80% [MASK], 10% random, 10% kept); "
+             f"{training.get('epochs', '?')} epoch(s), {training.get('steps', 0):,} steps, "
+             f"{training.get('tokens_per_s', 0):,} tokens/s."]
+    if vocab.get("added_first"):
+        lines.append("First tokens added: "
+                     + " ".join(f"`{token}`" for token in vocab["added_first"][:20]))
+    data = {"language": manifest.get("language") or "en", "tags": ["fill-mask", "bert"],
+            "pipeline_tag": "fill-mask"}
+    return "\n\n".join([
+        f"---\n{yaml.safe_dump(data, sort_keys=False)}---",
+        f"# {Path(folder).name}\n\nA BERT backbone pretrained by edge-ner's pretrain stage "
+        f"({manifest.get('mode', '?')} mode), {manifest.get('layers')} layers, hidden size "
+        f"{manifest.get('hidden_size')}.",
+        "## What it was made from\n\n" + "\n".join(f"- {line}" for line in lines),
+        f"## Held-out text\n\nMasked tokens predicted right: "
+        f"{pct(heldout.get('accuracy', 0))}% (loss {heldout.get('loss', float('nan')):.3f}, "
+        f"{heldout.get('masked_tokens', 0):,} masked tokens).",
+        "## Use it\n\nA backbone, not a tagger: fine-tune it for NER with\n\n```bash\n"
+        "make teacher ARGS=model=pretrained   # the run's own runs/<run>/pretrained\n"
+        f"make teacher ARGS=model={folder}\n```"]) + "\n"
 
 
 def pct(fraction: float) -> str:

