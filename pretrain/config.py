@@ -29,6 +29,9 @@ class PretrainConfig(TrainSettings):
     block_size: int = 128  # tokens an example, [CLS] and [SEP] included
     line_by_line: bool = False  # a line an example, instead of text packed into blocks
     mlm_probability: float = 0.15  # of the tokens chosen: 80% [MASK], 10% random, 10% kept
+    # Whole words chosen, every token of a word or none: words as the runtime splits raw
+    # text, Chinese words by jieba (the zh extra).
+    whole_word_mask: bool = False
     # extend: every CJK character seen at least extend_min_count times that the vocabulary
     # lacks; for other scripts, up to extend_pieces WordPiece pieces learned on the corpus.
     extend_min_count: int = 2

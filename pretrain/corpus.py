@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from edgener.runtime.conll import DataError, Sentence
+from edgener.runtime.errors import needs_extra
+from edgener.runtime.text import CJK, split_words
 
 # A valid or test sentence is looked for by its first ANCHOR characters (whitespace
 # removed): shorter ones ("Germany", "北京") say nothing about contamination.
@@ -82,3 +84,26 @@ def hold_out(lines: list[str], share: float, seed: int) -> tuple[list[str], list
     held = set(order[:count])
     return ([line for i, line in enumerate(lines) if i not in held],
             [line for i, line in enumerate(lines) if i in held])
+
+
+def word_starts(line: str, segment: Callable[[str], Iterable[str]] | None) -> set[int]:
+    """Character offsets where the words of `line` begin, for whole-word masking: words as
+    the runtime splits raw text (edgener.runtime.text), except that CJK text, a character
+    a word there, is grouped into the words `segment` finds (jieba's cut, say)."""
+    starts = {word.start for word in split_words(line)}
+    if segment is None:
+        return starts
+    cut, position = set(), 0
+    for word in segment(line):  # a segmenter's words, in order, spell the line whole
+        cut.add(position)
+        position += len(word)
+    return ({s for s in starts if not CJK.match(line[s])}
+            | {s for s in cut if s < len(line) and CJK.match(line[s])})
+
+
+def chinese_segmenter() -> Callable[[str], Iterable[str]]:
+    """jieba's word segmentation (the zh extra), quiet."""
+    with needs_extra("whole-word masking of Chinese text"):
+        import jieba
+    jieba.setLogLevel(60)
+    return jieba.cut

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from edgener.runtime.artifacts import MANIFEST, publish_dir, read_json, write_json_atomic
 from edgener.runtime.conll import DataError
 from edgener.runtime.console import console
+from edgener.runtime.text import CJK
 from edgener.training.backbone import load_tokenizer, resolve_model_source
 from edgener.training.config import (
     as_dict,
@@ -40,7 +41,14 @@ from edgener.training.loop import Processes, close_processes, fit, init_processe
 from edgener.training.publish import describe_model, fingerprint, make_manifest, seal_folder
 from pretrain import vocabulary
 from pretrain.config import PretrainConfig
-from pretrain.corpus import decontaminate, hold_out, read_corpus, sentence_lines
+from pretrain.corpus import (
+    chinese_segmenter,
+    decontaminate,
+    hold_out,
+    read_corpus,
+    sentence_lines,
+    word_starts,
+)
 from pretrain.mlm import MlmStep, fresh_mlm, heldout_scores, pack, pretrained_mlm
 
 PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
@@ -124,30 +132,45 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     pieces.no_padding()
     pieces.no_truncation()
 
-    def blocks_of(text: list[str]) -> list[list[int]]:
-        encoded = pieces.encode_batch(text, add_special_tokens=False)
-        return pack([e.ids for e in encoded], config.block_size, tokenizer.cls_token_id,
-                    tokenizer.sep_token_id, config.line_by_line)
+    segment = None
+    if config.whole_word_mask and any(CJK.search(line) for line in train_lines[:1000]):
+        segment = chinese_segmenter()
 
-    blocks, heldout = blocks_of(train_lines), blocks_of(heldout_lines)
+    def blocks_of(text: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The lines' blocks, and with whole-word masking their word starts."""
+        encoded = pieces.encode_batch(text, add_special_tokens=False)
+        blocks = pack([e.ids for e in encoded], config.block_size, tokenizer.cls_token_id,
+                      tokenizer.sep_token_id, config.line_by_line)
+        if not config.whole_word_mask:
+            return blocks, None
+        starts = [[int(start in offsets) for start, _ in e.offsets]
+                  for e, offsets in zip(encoded, (word_starts(line, segment) for line in text),
+                                        strict=True)]
+        return blocks, pack(starts, config.block_size, 1, 1, config.line_by_line)
+
+    (blocks, starts), (heldout, heldout_starts) = blocks_of(train_lines), blocks_of(heldout_lines)
     tokens = sum(len(b) for b in blocks)
     special = set(tokenizer.all_special_ids)
     step = MlmStep(model, blocks, tokenizer.pad_token_id, tokenizer.mask_token_id, special,
-                   config.mlm_probability, processes.device)
+                   config.mlm_probability, processes.device, starts)
     work = run_dir / ".pretrain-work"
     chosen = fitted_schedule(step, config, work, config_id, log) if config.max_minutes \
         else list(range(len(blocks)))
     step.blocks = [blocks[i] for i in chosen]
+    step.starts = None if starts is None else [starts[i] for i in chosen]
     log(f"{len(step.blocks):,} blocks of up to {config.block_size} tokens "
         f"({sum(len(b) for b in step.blocks):,} tokens) for {config.epochs} epoch(s)")
 
     def validate() -> float:
-        return heldout_scores(step, heldout, config.batch_size, config.seed)["accuracy"]
+        return heldout_scores(step, heldout, heldout_starts, config.batch_size,
+                              config.seed)["accuracy"]
 
-    result = fit(step, model, [len(b) for b in step.blocks], validate, config, work,
-                 config_id, processes, fresh, metric=("heldout_accuracy", "held-out accuracy"))
+    lengths = [len(b) for b in step.blocks]
+    result = fit(step, model, lengths, validate, config, work, config_id, processes, fresh,
+                 metric=("heldout_accuracy", "held-out accuracy"),
+                 tokens_per_step=config.batch_size * sum(lengths) / len(lengths))
     if processes.is_main:
-        scores = heldout_scores(step, heldout, config.batch_size, config.seed)
+        scores = heldout_scores(step, heldout, heldout_starts, config.batch_size, config.seed)
         trained_tokens = sum(len(b) for b in step.blocks) * config.epochs
         manifest = make_manifest(
             "pretrained", preset=preset, config_fingerprint=config_id, mode=config.mode,
@@ -160,7 +183,9 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
                     "line_by_line": config.line_by_line},
             vocabulary={"size": len(tokenizer), "added": len(added),
                         "added_first": added[:50]},
-            objective={"mlm_probability": config.mlm_probability},
+            objective={"mlm_probability": config.mlm_probability,
+                       "whole_word_mask": config.whole_word_mask,
+                       "segmenter": "jieba" if segment else None},
             heldout=scores,
             training={"epochs": config.epochs, "steps": result.steps,
                       "wall_time_s": result.wall_time_s,

@@ -14,7 +14,7 @@ from edgener.runtime.conll import DataError, Sentence
 from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.training.backbone import resolve_model_source
 from pretrain import vocabulary
-from pretrain.corpus import decontaminate, hold_out, read_corpus
+from pretrain.corpus import chinese_segmenter, decontaminate, hold_out, read_corpus, word_starts
 from pretrain.mlm import fresh_mlm, mask_tokens, pack
 from tests.conftest import run_module
 from tests.test_teacher import chinese_dataset
@@ -45,6 +45,30 @@ def test_masking_chooses_15_percent_then_80_10_10_and_never_a_special_token():
     # ~27,000 chosen tokens: these shares are within a few standard errors.
     assert abs(share - 0.15) < 0.005 and abs(masked - 0.8) < 0.01
     assert abs(swapped - 0.1) < 0.008 and abs(kept - 0.1) < 0.008
+
+
+def test_whole_word_masking_chooses_every_token_of_a_word_or_none():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 2000, (300, 301), generator=generator)
+    ids[:, 0] = CLS
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[:, 1::3] = True  # words of three tokens after [CLS]
+    maskable = ids != CLS
+    _, labels = mask_tokens(ids, maskable, 0.15, MASK, torch.arange(5000, 6000), generator,
+                            word_starts=starts)
+    words = (labels[:, 1:] != IGNORE_INDEX).reshape(300, 100, 3)
+    assert (words.all(-1) | ~words.any(-1)).all()  # all three tokens, or none
+    assert abs(words.float().mean() - 0.15) < 0.01
+
+
+def test_words_for_whole_word_masking_are_the_runtimes_or_a_segmenters():
+    line = "U.S. officials' 2,000.5 visit 北京大学"
+    assert word_starts(line, None) == {0, 5, 14, 16, 24, 30, 31, 32, 33}
+    grouped = word_starts(line, lambda text: [text[:30], "北京", "大学"])
+    assert grouped == {0, 5, 14, 16, 24, 30, 32}
+    jieba_cut = chinese_segmenter()  # the zh extra, installed by make test
+    assert len(word_starts("我在北京大学读书", jieba_cut)) < 8  # some characters grouped
 
 
 def test_packing_fills_blocks_and_line_by_line_keeps_lines_apart():

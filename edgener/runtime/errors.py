@@ -28,6 +28,7 @@ EXTRA_OF_MODULE = {
     "matplotlib": "report",
     "torch_tensorrt": "tensorrt", "tensorrt": "tensorrt",
     "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+    "jieba": "zh",
 }
 
 

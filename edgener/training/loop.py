@@ -142,13 +142,13 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def training_progress() -> Progress:
+def training_progress(rate_unit: str = "steps/s") -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[rate]:.2f} steps/s"),
+        TextColumn("{task.fields[rate]:,.2f} " + rate_unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -251,6 +251,7 @@ def fit(
     processes: Processes,
     fresh: bool = False,
     metric: tuple[str, str] = ("valid_f1", "valid F1"),
+    tokens_per_step: float | None = None,
 ) -> FitResult:
     """Train `step` (forward: list of example indices -> loss) for settings.epochs.
 
@@ -258,7 +259,8 @@ def fit(
     as distillation projections). After each epoch the main process scores it with
     `validate` (higher is better; `metric` names it in the history and the log) and keeps
     the best weights; on return `product` holds them. Checkpoints in work_dir let the same
-    call resume after Ctrl-C or a kill, provided config_id matches.
+    call resume after Ctrl-C or a kill, provided config_id matches. With
+    `tokens_per_step`, the progress bar shows tokens/s instead of steps/s.
     """
     log = console.print if processes.is_main else (lambda *a, **k: None)
     steps_per_epoch = -(-len(lengths) // settings.batch_size)
@@ -311,7 +313,8 @@ def fit(
             })
 
     last_loss = float("nan")
-    progress = training_progress() if processes.is_main else contextlib.nullcontext()
+    progress = (training_progress("tokens/s" if tokens_per_step else "steps/s")
+                if processes.is_main else contextlib.nullcontext())
     step.train()
     try:
         with progress:
@@ -340,7 +343,8 @@ def fit(
                     last_loss = loss.item()
                     if task is not None:
                         rate = (index + 1 - epoch_start_step) / (time.time() - epoch_start)
-                        progress.update(task, advance=1, loss=last_loss, rate=rate)
+                        progress.update(task, advance=1, loss=last_loss,
+                                        rate=rate * (tokens_per_step or 1))
                     if state["step"] % settings.checkpoint_every == 0:
                         checkpoint()
 
