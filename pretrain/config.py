@@ -32,6 +32,10 @@ class PretrainConfig(TrainSettings):
     # Whole words chosen, every token of a word or none: words as the runtime splits raw
     # text, Chinese words by jieba (the zh extra).
     whole_word_mask: bool = False
+    # Next-sentence prediction: sentence pairs, half of them the true next sentence. Off by
+    # default, as RoBERTa found it no help to downstream tasks, and it halves the text an
+    # example holds of one passage.
+    nsp: bool = False
     # extend: every CJK character seen at least extend_min_count times that the vocabulary
     # lacks; for other scripts, up to extend_pieces WordPiece pieces learned on the corpus.
     extend_min_count: int = 2

@@ -47,9 +47,9 @@ from pretrain.corpus import (
     hold_out,
     read_corpus,
     sentence_lines,
-    word_starts,
 )
-from pretrain.mlm import MlmStep, fresh_mlm, heldout_scores, pack, pretrained_mlm
+from pretrain.examples import blocks, sentence_pairs, split_sentences, tokens_of
+from pretrain.mlm import Example, PretrainStep, fresh_mlm, heldout_scores, pretrained_mlm
 
 PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
 
@@ -106,11 +106,12 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     if config.mode == "scratch":
         tokenizer = vocabulary.learned(train_lines, config.vocab_size, config.lowercase)
         model = fresh_mlm(len(tokenizer), config.layers, config.hidden_size, config.heads,
-                          config.intermediate_size, config.block_size, tokenizer.pad_token_id)
+                          config.intermediate_size, config.block_size, tokenizer.pad_token_id,
+                          config.nsp)
     else:
         source = resolve_model_source(config.model)
         tokenizer = load_tokenizer(source)
-        model = pretrained_mlm(source)
+        model = pretrained_mlm(source, config.nsp)
         if config.mode == "extend":
             added = vocabulary.extension(tokenizer.backend_tokenizer, train_lines,
                                          config.extend_min_count, config.extend_pieces)
@@ -135,43 +136,45 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     segment = None
     if config.whole_word_mask and any(CJK.search(line) for line in train_lines[:1000]):
         segment = chinese_segmenter()
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
 
-    def blocks_of(text: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
-        """The lines' blocks, and with whole-word masking their word starts."""
-        encoded = pieces.encode_batch(text, add_special_tokens=False)
-        blocks = pack([e.ids for e in encoded], config.block_size, tokenizer.cls_token_id,
-                      tokenizer.sep_token_id, config.line_by_line)
-        if not config.whole_word_mask:
-            return blocks, None
-        starts = [[int(start in offsets) for start, _ in e.offsets]
-                  for e, offsets in zip(encoded, (word_starts(line, segment) for line in text),
-                                        strict=True)]
-        return blocks, pack(starts, config.block_size, 1, 1, config.line_by_line)
+    def examples_of(text: list[str]) -> list[Example]:
+        if config.nsp:
+            sentences = [split_sentences(line) for line in text]
+            flat = tokens_of(pieces, [s for line in sentences for s in line], segment,
+                             config.whole_word_mask)
+            documents, start = [], 0
+            for line in sentences:
+                documents.append(flat[start:start + len(line)])
+                start += len(line)
+            return sentence_pairs(documents, config.block_size, cls, sep,
+                                  config.whole_word_mask, config.seed)
+        return blocks(tokens_of(pieces, text, segment, config.whole_word_mask),
+                      config.block_size, cls, sep, config.line_by_line, config.whole_word_mask)
 
-    (blocks, starts), (heldout, heldout_starts) = blocks_of(train_lines), blocks_of(heldout_lines)
-    tokens = sum(len(b) for b in blocks)
+    examples, heldout = examples_of(train_lines), examples_of(heldout_lines)
+    tokens = sum(len(e.ids) for e in examples)
     special = set(tokenizer.all_special_ids)
-    step = MlmStep(model, blocks, tokenizer.pad_token_id, tokenizer.mask_token_id, special,
-                   config.mlm_probability, processes.device, starts)
+    step = PretrainStep(model, examples, tokenizer.pad_token_id, tokenizer.mask_token_id,
+                        special, config.mlm_probability, processes.device)
     work = run_dir / ".pretrain-work"
     chosen = fitted_schedule(step, config, work, config_id, log) if config.max_minutes \
-        else list(range(len(blocks)))
-    step.blocks = [blocks[i] for i in chosen]
-    step.starts = None if starts is None else [starts[i] for i in chosen]
-    log(f"{len(step.blocks):,} blocks of up to {config.block_size} tokens "
-        f"({sum(len(b) for b in step.blocks):,} tokens) for {config.epochs} epoch(s)")
+        else list(range(len(examples)))
+    step.examples = [examples[i] for i in chosen]
+    kind = "sentence pairs" if config.nsp else "blocks"
+    log(f"{len(step.examples):,} {kind} of up to {config.block_size} tokens "
+        f"({sum(len(e.ids) for e in step.examples):,} tokens) for {config.epochs} epoch(s)")
 
     def validate() -> float:
-        return heldout_scores(step, heldout, heldout_starts, config.batch_size,
-                              config.seed)["accuracy"]
+        return heldout_scores(step, heldout, config.batch_size, config.seed)["accuracy"]
 
-    lengths = [len(b) for b in step.blocks]
+    lengths = [len(e.ids) for e in step.examples]
     result = fit(step, model, lengths, validate, config, work, config_id, processes, fresh,
                  metric=("heldout_accuracy", "held-out accuracy"),
                  tokens_per_step=config.batch_size * sum(lengths) / len(lengths))
     if processes.is_main:
-        scores = heldout_scores(step, heldout, heldout_starts, config.batch_size, config.seed)
-        trained_tokens = sum(len(b) for b in step.blocks) * config.epochs
+        scores = heldout_scores(step, heldout, config.batch_size, config.seed)
+        trained_tokens = sum(len(e.ids) for e in step.examples) * config.epochs
         manifest = make_manifest(
             "pretrained", preset=preset, config_fingerprint=config_id, mode=config.mode,
             model_source=None if config.mode == "scratch" else config.model,
@@ -179,11 +182,11 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
             corpus={"source": str(config.corpus or f"{dataset.source} (train)"),
                     "lines": len(lines), "removed_as_valid_or_test": removed,
                     "heldout_lines": len(heldout_lines), "tokens": tokens,
-                    "blocks": len(blocks), "block_size": config.block_size,
+                    "examples": len(examples), "block_size": config.block_size,
                     "line_by_line": config.line_by_line},
             vocabulary={"size": len(tokenizer), "added": len(added),
                         "added_first": added[:50]},
-            objective={"mlm_probability": config.mlm_probability,
+            objective={"mlm_probability": config.mlm_probability, "nsp": config.nsp,
                        "whole_word_mask": config.whole_word_mask,
                        "segmenter": "jieba" if segment else None},
             heldout=scores,
@@ -205,15 +208,15 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     return 0
 
 
-def fitted_schedule(step: MlmStep, config: PretrainConfig, work: Path, config_id: str,
+def fitted_schedule(step: PretrainStep, config: PretrainConfig, work: Path, config_id: str,
                     log) -> list[int]:
-    """The blocks that `config.epochs` epochs can train within max_minutes, at the step
+    """The examples that `config.epochs` epochs can train within max_minutes, at the step
     rate measured now; recorded in `work`, so a resumed run trains the same ones."""
     plan_path = work / "schedule.json"
     if plan_path.is_file() and (plan := read_json(plan_path))["config"] == config_id:
-        return plan["blocks"]
-    size = min(config.batch_size, len(step.blocks))
-    probe = random.Random(config.seed).sample(range(len(step.blocks)), size)
+        return plan["examples"]
+    size = min(config.batch_size, len(step.examples))
+    probe = random.Random(config.seed).sample(range(len(step.examples)), size)
     step(probe).backward()  # the first step warms up allocations; not timed
     started = time.perf_counter()
     for _ in range(PROBE_STEPS):
@@ -222,11 +225,11 @@ def fitted_schedule(step: MlmStep, config: PretrainConfig, work: Path, config_id
     # The optimizer and the epochs' validation cost a share more than forward and backward.
     seconds = 1.15 * (time.perf_counter() - started) / PROBE_STEPS
     steps = max(1, int(config.max_minutes * 60 / seconds))
-    wanted = min(len(step.blocks), steps * config.batch_size // config.epochs)
-    chosen = sorted(random.Random(config.seed).sample(range(len(step.blocks)), wanted))
+    wanted = min(len(step.examples), steps * config.batch_size // config.epochs)
+    chosen = sorted(random.Random(config.seed).sample(range(len(step.examples)), wanted))
     log(f"time budget {config.max_minutes:g} min at {seconds:.2f} s a step: {steps:,} steps, "
-        f"{wanted:,} of {len(step.blocks):,} blocks")
-    write_json_atomic(plan_path, {"config": config_id, "blocks": chosen})
+        f"{wanted:,} of {len(step.examples):,} examples")
+    write_json_atomic(plan_path, {"config": config_id, "examples": chosen})
     return chosen
 
 

@@ -15,7 +15,8 @@ from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.training.backbone import resolve_model_source
 from pretrain import vocabulary
 from pretrain.corpus import chinese_segmenter, decontaminate, hold_out, read_corpus, word_starts
-from pretrain.mlm import fresh_mlm, mask_tokens, pack
+from pretrain.examples import blocks, sentence_pairs, split_sentences
+from pretrain.mlm import fresh_mlm, mask_tokens
 from tests.conftest import run_module
 from tests.test_teacher import chinese_dataset
 
@@ -72,12 +73,38 @@ def test_words_for_whole_word_masking_are_the_runtimes_or_a_segmenters():
 
 
 def test_packing_fills_blocks_and_line_by_line_keeps_lines_apart():
-    lines = [[1, 2, 3], [4, 5], [], [6, 7, 8, 9, 10, 11, 12]]
-    blocks = pack(lines, 6, CLS, SEP, line_by_line=False)
-    assert blocks == [[CLS, 1, 2, 3, SEP, SEP], [CLS, 4, 5, SEP, 6, SEP],
-                      [CLS, 7, 8, 9, 10, SEP], [CLS, 11, 12, SEP, SEP]]
-    assert pack(lines, 6, CLS, SEP, line_by_line=True) == [
-        [CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP], [CLS, 6, 7, 8, 9, SEP]]
+    lines = [[(1, 1), (2, 0), (3, 1)], [(4, 1), (5, 1)], [],
+             [(6, 1), (7, 0), (8, 1), (9, 1), (10, 1), (11, 1), (12, 0)]]
+    packed = blocks(lines, 6, CLS, SEP, line_by_line=False, whole_words=True)
+    assert [e.ids for e in packed] == [[CLS, 1, 2, 3, SEP, SEP], [CLS, 4, 5, SEP, 6, SEP],
+                                       [CLS, 7, 8, 9, 10, SEP], [CLS, 11, 12, SEP, SEP]]
+    assert packed[0].starts == [1, 1, 0, 1, 1, 1]  # the word starts travel with the tokens
+    apart = blocks(lines, 6, CLS, SEP, line_by_line=True, whole_words=False)
+    assert [e.ids for e in apart] == [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP],
+                                      [CLS, 6, 7, 8, 9, SEP]]
+    assert apart[0].starts is None
+
+
+def test_sentence_pairs_are_half_true_next_sentences_half_drawn_from_elsewhere():
+    # 40 documents of 6 sentences; sentence s of document d holds tokens 1000*d + 10*s + k.
+    documents = [[[(1000 * d + 10 * s + k, 1) for k in range(3)] for s in range(6)]
+                 for d in range(40)]
+    pairs = sentence_pairs(documents, 16, CLS, SEP, whole_words=False, seed=0)
+    assert len(pairs) >= 80
+    for pair in pairs:
+        ids = pair.ids
+        assert ids[0] == CLS and ids[-1] == SEP and len(ids) <= 16
+        first_end = ids.index(SEP)
+        assert pair.types == [0] * (first_end + 1) + [1] * (len(ids) - first_end - 1)
+        first, second = ids[1:first_end], ids[first_end + 1:-1]
+        if pair.is_next:  # B goes on where A stops, in the same document
+            assert second[0] // 1000 == first[-1] // 1000 and second[0] > first[-1]
+        else:
+            assert second[0] // 1000 != first[-1] // 1000
+    share = sum(p.is_next for p in pairs) / len(pairs)
+    assert 0.35 < share < 0.65
+    assert split_sentences("他来了。她走了！ Then he left. OK") == \
+        ["他来了。", "她走了！", " Then he left.", "OK"]
 
 
 def test_an_extended_vocabulary_keeps_every_old_id_and_the_lean_runtime_reads_it(

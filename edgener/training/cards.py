@@ -47,7 +47,10 @@ def pretrained_card(manifest: dict, folder: str) -> str:
     text; it tags nothing until `make teacher` fine-tunes it."""
     corpus, vocab = manifest.get("corpus") or {}, manifest.get("vocabulary") or {}
     heldout, training = manifest.get("heldout") or {}, manifest.get("training") or {}
-    probability = (manifest.get("objective") or {}).get("mlm_probability", 0)
+    objective = manifest.get("objective") or {}
+    probability = objective.get("mlm_probability", 0)
+    extras = [name for key, name in (("whole_word_mask", "whole words masked"),
+                                     ("nsp", "next-sentence prediction")) if objective.get(key)]
     start = {"continue": f"`{manifest.get('model_source')}`, as it was",
              "extend": f"`{manifest.get('model_source')}` with {vocab.get('added', 0):,} "
                        "tokens added to its vocabulary (old ids and rows unchanged)",
@@ -59,7 +62,8 @@ def pretrained_card(manifest: dict, folder: str) -> str:
              f"test sentence), {corpus.get('tokens', 0):,} tokens in blocks of "
              f"{corpus.get('block_size', '?')}.",
              f"Objective: masked-language modelling, {pct(probability)}% of the tokens "
-             "chosen (80% [MASK], 10% random, 10% kept); "
+             "chosen (80% [MASK], 10% random, 10% kept)"
+             + "".join(f", {extra}" for extra in extras) + "; "
              f"{training.get('epochs', '?')} epoch(s), {training.get('steps', 0):,} steps, "
              f"{training.get('tokens_per_s', 0):,} tokens/s."]
     if vocab.get("added_first"):
@@ -75,7 +79,9 @@ def pretrained_card(manifest: dict, folder: str) -> str:
         "## What it was made from\n\n" + "\n".join(f"- {line}" for line in lines),
         f"## Held-out text\n\nMasked tokens predicted right: "
         f"{pct(heldout.get('accuracy', 0))}% (loss {heldout.get('loss', float('nan')):.3f}, "
-        f"{heldout.get('masked_tokens', 0):,} masked tokens).",
+        f"{heldout.get('masked_tokens', 0):,} masked tokens)"
+        + (f"; next sentence told right: {pct(heldout['next_sentence_accuracy'])}%."
+           if "next_sentence_accuracy" in heldout else "."),
         "## Use it\n\nA backbone, not a tagger: fine-tune it for NER with\n\n```bash\n"
         "make teacher ARGS=model=pretrained   # the run's own runs/<run>/pretrained\n"
         f"make teacher ARGS=model={folder}\n```"]) + "\n"
