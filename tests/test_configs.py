@@ -8,6 +8,7 @@ import pytest
 from bench.config import ReportConfig
 from distill.config import DistillConfig
 from edgener.training.config import ConfigError
+from pretrain.config import PretrainConfig
 from quantize.config import QuantizeConfig
 from teacher.config import TeacherConfig
 from tests.conftest import run_module
@@ -44,6 +45,8 @@ def test_a_stage_refuses_a_setting_it_cannot_run_with_before_loading_anything(
     (QuantizeConfig, {"variants": ["ort-int4"]}),
     (QuantizeConfig, {"trt_max_length": 2}),
     (ReportConfig, {"threads": 0}),
+    (PretrainConfig, {"mode": "resume"}),
+    (PretrainConfig, {"mlm_probability": 0.0}),
 ])
 def test_configs_made_in_code_are_checked_too(config, values):
     with pytest.raises(ConfigError, match=next(iter(values))):
@@ -55,8 +58,8 @@ def test_the_presets_pass_their_own_checks():
     `make all`)."""
     from edgener.training.config import CONFIG_ROOT, load_config
 
-    classes = {"teacher": TeacherConfig, "distill": DistillConfig, "quantize": QuantizeConfig,
-               "report": ReportConfig}
+    classes = {"pretrain": PretrainConfig, "teacher": TeacherConfig,
+               "distill": DistillConfig, "quantize": QuantizeConfig, "report": ReportConfig}
     presets = sorted(CONFIG_ROOT.glob("*/*.yaml"))
     assert len(presets) >= 4
     for path in presets:
