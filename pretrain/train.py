@@ -158,8 +158,14 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     step = PretrainStep(model, examples, tokenizer.pad_token_id, tokenizer.mask_token_id,
                         special, config.mlm_probability, processes.device)
     work = run_dir / ".pretrain-work"
-    chosen = fitted_schedule(step, config, work, config_id, log) if config.max_minutes \
-        else list(range(len(examples)))
+    chosen: list[int] | None = list(range(len(examples)))
+    if config.max_minutes:  # the first process plans; every process trains its plan
+        chosen = fitted_schedule(step, config, work, config_id, log) \
+            if processes.is_main else None
+        if processes.distributed:
+            shared = [chosen]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            chosen = shared[0]
     step.examples = [examples[i] for i in chosen]
     kind = "sentence pairs" if config.nsp else "blocks"
     log(f"{len(step.examples):,} {kind} of up to {config.block_size} tokens "

@@ -5,6 +5,7 @@ backbone that the teacher stage trains from."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -220,3 +221,21 @@ def test_extend_then_the_teacher_trains_from_the_pretrained_backbone(tmp_path, t
                                       16, 4, False)
     words = list("张三在纽约工作")
     assert lean.encode(0, words)[0].input_ids == heavy.encode(0, words)[0].input_ids
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_share_one_time_budget_plan(tmp_path, tiny_bert):
+    """Each process measures its own step rate; the first one's plan is the one trained,
+    so both shard the same examples and the run finishes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {k} of some text to pretrain on\n" for k in range(200)))
+    data = chinese_dataset(tmp_path / "zh")
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29518")
+    result = run_module("pretrain", f"model={tiny_bert}", f"dataset={data}", "run=ddp",
+                        f"corpus={corpus}", "max_minutes=0.05", "block_size=16",
+                        "batch_size=8", cwd=tmp_path, launcher=launcher)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "runs/ddp/pretrained/manifest.json").read_text())
+    plan = json.loads((tmp_path / "runs/ddp/.pretrain-work/schedule.json").read_text())
+    assert manifest["training"]["steps"] == -(-len(plan["examples"]) // 8)
