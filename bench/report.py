@@ -26,7 +26,6 @@ in it, so an ONNX Runtime row's peak memory would otherwise include the PyTorch 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -62,7 +61,14 @@ from edgener.runtime.artifacts import (
     write_json_atomic,
 )
 from edgener.runtime.console import console
-from edgener.training.config import ConfigError, as_dict, load_config, parse_overrides, preset_path
+from edgener.training.config import (
+    ConfigError,
+    as_dict,
+    load_config,
+    parse_overrides,
+    preset_path,
+    stage_parser,
+)
 from edgener.training.datasets import load_dataset, recorded_dataset
 from edgener.training.publish import machine
 from edgener.training.stage import run_stage
@@ -71,11 +77,8 @@ GPU_PRECISIONS = ("fp16", "int8")  # besides FP32, how the PyTorch models may ru
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m bench.report") -> int:
-    parser = argparse.ArgumentParser(prog=prog,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="default", help="preset under configs/report")
-    parser.add_argument("--quick", action="store_true", help="fewer sentences")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser = stage_parser(prog, __doc__, "report", "fewer sentences", fresh=None,
+                          preset="default")
     args = parser.parse_args(argv)
     # The plot is drawn last: a missing matplotlib must not cost the measurements first.
     import matplotlib  # noqa: F401

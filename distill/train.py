@@ -8,7 +8,6 @@ Without --preset, the preset named like the teacher's is used.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from edgener.training.config import (
     parse_overrides,
     preset_path,
     run_path,
+    stage_parser,
 )
 from edgener.training.datasets import load_dataset, recorded_dataset
 from edgener.training.loop import (
@@ -49,11 +49,7 @@ TEACHER_HINT = "make teacher"
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m distill") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", help="preset under configs/distill, or a YAML file")
-    parser.add_argument("--quick", action="store_true", help="a slice of the data, fewer steps")
-    parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser = stage_parser(prog, __doc__, "distill", "a slice of the data, fewer steps")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
 

@@ -14,7 +14,6 @@ weights, as BERT itself was made.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ from edgener.training.config import (
     parse_overrides,
     preset_path,
     run_path,
+    stage_parser,
 )
 from edgener.training.datasets import load_dataset
 from edgener.training.loop import Processes, close_processes, fit, init_processes, set_seed
@@ -55,11 +55,8 @@ PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m pretrain") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="default", help="preset under configs/pretrain")
-    parser.add_argument("--quick", action="store_true", help="a slice of the text, one epoch")
-    parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser = stage_parser(prog, __doc__, "pretrain", "a slice of the text, a few minutes",
+                          preset="default")
     args = parser.parse_args(argv)
     config = load_config(PretrainConfig, preset_path("pretrain", args.preset),
                          parse_overrides(args.overrides), args.quick)

@@ -10,7 +10,6 @@ variants, measure each one's valid F1, and judge it against the FP32 ONNX refere
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ from edgener.training.config import (
     parse_overrides,
     preset_path,
     run_path,
+    stage_parser,
 )
 from edgener.training.datasets import load_dataset, recorded_dataset
 from edgener.training.publish import fingerprint, machine, make_manifest, seal_folder
@@ -57,12 +57,8 @@ SHAPE_KEYS = ("architecture", "layers", "hidden_size", "heads", "intermediate_si
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int:
-    parser = argparse.ArgumentParser(prog=prog,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="default", help="preset under configs/quantize")
-    parser.add_argument("--quick", action="store_true", help="fewer sentences, fewer trials")
-    parser.add_argument("--fresh", action="store_true", help="rebuild up-to-date artifacts")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser = stage_parser(prog, __doc__, "quantize", "fewer sentences, fewer trials",
+                          fresh="rebuild up-to-date artifacts", preset="default")
     args = parser.parse_args(argv)
     config = load_config(QuantizeConfig, preset_path("quantize", args.preset),
                          parse_overrides(args.overrides), args.quick)

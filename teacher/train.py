@@ -7,7 +7,6 @@ epoch on valid, score it on test, publish runs/<run>/teacher.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from edgener.training.config import (
     parse_overrides,
     preset_path,
     run_path,
+    stage_parser,
 )
 from edgener.training.datasets import load_dataset
 from edgener.training.loop import (
@@ -60,11 +60,7 @@ def choose_preset(requested: str | None) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m teacher") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", help="preset under configs/teacher, or a YAML file")
-    parser.add_argument("--quick", action="store_true", help="a slice of the data, fewer steps")
-    parser.add_argument("--fresh", action="store_true", help="ignore checkpoints and outputs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser = stage_parser(prog, __doc__, "teacher", "a slice of the data, fewer steps")
     args = parser.parse_args(argv)
 
     preset, reason = choose_preset(args.preset)

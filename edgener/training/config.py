@@ -6,6 +6,7 @@ that apply in quick mode (a slice of the data, fewer steps).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from importlib.resources import files
 from pathlib import Path
@@ -36,6 +37,22 @@ def preset_path(stage: str, preset: str) -> Path:
         known = sorted(p.stem for p in (CONFIG_ROOT / stage).glob("*.yaml"))
         raise ConfigError(f"unknown {stage} preset {preset!r}; known: {', '.join(known)}")
     return path
+
+
+def stage_parser(prog: str, doc: str, stage: str, quick: str,
+                 fresh: str | None = "ignore checkpoints and outputs",
+                 preset: str | None = None) -> argparse.ArgumentParser:
+    """A stage's command line: --preset (under configs/<stage>, or a YAML file), --quick
+    (`quick` says what it cuts), --fresh (`fresh` says what it redoes; None: no such flag)
+    and key=value overrides. The description is the first paragraph of `doc`."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--preset", default=preset,
+                        help=f"preset under configs/{stage}, or a YAML file")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    if fresh:
+        parser.add_argument("--fresh", action="store_true", help=fresh)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
