@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from edgener.predictor import open_predictor
 from edgener.runtime.conll import DataError, Sentence
 from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.training.backbone import resolve_model_source
@@ -19,6 +20,7 @@ from pretrain.corpus import chinese_segmenter, decontaminate, hold_out, read_cor
 from pretrain.examples import blocks, sentence_pairs, split_sentences
 from pretrain.mlm import fresh_mlm, mask_tokens
 from tests.conftest import run_module
+from tests.test_cli import edge_ner
 from tests.test_teacher import chinese_dataset
 
 CLS, SEP, PAD, MASK = 101, 102, 0, 103
@@ -216,11 +218,25 @@ def test_extend_then_the_teacher_trains_from_the_pretrained_backbone(tmp_path, t
     coverage = json.loads((teacher_folder / "manifest.json").read_text())[
         "vocabulary_coverage"]["train"]
     assert coverage["unknown_tokens"] == 0
-    lean = Encoder.from_folder(teacher_folder, ["O"], 16, 4, False)
-    heavy = Encoder.from_transformers(AutoTokenizer.from_pretrained(teacher_folder), ["O"],
-                                      16, 4, False)
-    words = list("张三在纽约工作")
-    assert lean.encode(0, words)[0].input_ids == heavy.encode(0, words)[0].input_ids
+    # Then to an INT8 ONNX artifact that the base install serves: the lean runtime (torch
+    # and transformers unimportable) gives the entities of the transformers tokenizer path.
+    quantized = run_module("quantize", "run=zh", "models=[teacher]",
+                           "variants=[ort-int8-dynamic]", "calibration_sentences=4",
+                           "invariance_sentences=4", cwd=tmp_path)
+    assert quantized.returncode == 0, quantized.stdout[-2000:] + quantized.stderr[-2000:]
+    artifact = tmp_path / "runs" / "zh" / "quantized" / "teacher-ort-int8-dynamic"
+    texts = ["张三在纽约工作。", "李四在北京工作，张三在纽约。"]
+    lean = edge_ner("predict", str(artifact), *texts, "--threads", "1", cwd=tmp_path,
+                    lean=True)
+    assert lean.returncode == 0, lean.stderr
+    predictor = open_predictor(artifact, threads=1)
+    assert predictor.encoder.unk_id not in [i for ids in predictor.encoder.subwords(
+        list("张三在纽约工作李四北京")) for i in ids]
+    predictor.encoder = Encoder.from_transformers(
+        AutoTokenizer.from_pretrained(artifact), predictor.labels,
+        **predictor.manifest["encoding"])
+    assert [json.loads(line)["entities"] for line in lean.stdout.splitlines()] == \
+        [[entity.as_dict() for entity in found] for found in predictor.predict_batch(texts)]
 
 
 @pytest.mark.slow
