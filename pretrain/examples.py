@@ -32,6 +32,19 @@ def tokens_of(pieces: Tokenizer, texts: Sequence[str],
     return tokenized
 
 
+def sentence_tokens(pieces: Tokenizer, lines: Sequence[str],
+                    segment: Callable[[str], Iterable[str]] | None, whole_words: bool
+                    ) -> list[list[list[Token]]]:
+    """Each line as its sentences, each sentence as its tokens (see tokens_of)."""
+    sentences = [split_sentences(line) for line in lines]
+    flat = tokens_of(pieces, [s for line in sentences for s in line], segment, whole_words)
+    documents, start = [], 0
+    for line in sentences:
+        documents.append(flat[start:start + len(line)])
+        start += len(line)
+    return documents
+
+
 def blocks(lines: list[list[Token]], block_size: int, cls: int, sep: int, line_by_line: bool,
            whole_words: bool) -> list[Example]:
     """Blocks of at most `block_size` tokens, [CLS] first and [SEP] last. Packed (the

@@ -48,7 +48,7 @@ from pretrain.corpus import (
     read_corpus,
     sentence_lines,
 )
-from pretrain.examples import blocks, sentence_pairs, split_sentences, tokens_of
+from pretrain.examples import blocks, sentence_pairs, sentence_tokens, tokens_of
 from pretrain.mlm import Example, PretrainStep, fresh_mlm, heldout_scores, pretrained_mlm
 
 PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
@@ -110,16 +110,9 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
         tokenizer = load_tokenizer(source)
         model = pretrained_mlm(source, config.nsp)
         if config.mode == "extend":
-            added = vocabulary.extension(tokenizer.backend_tokenizer, train_lines,
-                                         config.extend_min_count, config.extend_pieces)
-            old, old_size = tokenizer, model.get_input_embeddings().num_embeddings
-            tokenizer = vocabulary.extended(tokenizer, added)
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            vocabulary.init_new_rows(model.get_input_embeddings(), old, added, old_size,
-                                     config.seed)
-            with torch.no_grad():  # the new tokens' output bias: the old tokens' mean
-                model.cls.predictions.bias[old_size:] = model.cls.predictions.bias[
-                    :old_size].mean()
+            tokenizer, added = vocabulary.extend(model, tokenizer, train_lines,
+                                                 config.extend_min_count,
+                                                 config.extend_pieces, config.seed)
             log(f"vocabulary: {len(added):,} tokens added ({' '.join(added[:12])}"
                 f"{' ...' if len(added) > 12 else ''}), {len(tokenizer):,} in all")
     model.to(processes.device)
@@ -137,15 +130,10 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
 
     def examples_of(text: list[str]) -> list[Example]:
         if config.nsp:
-            sentences = [split_sentences(line) for line in text]
-            flat = tokens_of(pieces, [s for line in sentences for s in line], segment,
-                             config.whole_word_mask)
-            documents, start = [], 0
-            for line in sentences:
-                documents.append(flat[start:start + len(line)])
-                start += len(line)
-            return sentence_pairs(documents, config.block_size, cls, sep,
-                                  config.whole_word_mask, config.seed)
+            return sentence_pairs(sentence_tokens(pieces, text, segment,
+                                                  config.whole_word_mask),
+                                  config.block_size, cls, sep, config.whole_word_mask,
+                                  config.seed)
         return blocks(tokens_of(pieces, text, segment, config.whole_word_mask),
                       config.block_size, cls, sep, config.line_by_line, config.whole_word_mask)
 

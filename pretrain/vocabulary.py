@@ -22,7 +22,7 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import PreTrainedTokenizerFast
+from transformers import BertPreTrainedModel, PreTrainedTokenizerFast
 
 from edgener.runtime.text import CJK
 
@@ -106,6 +106,24 @@ def learned(lines: Sequence[str], vocab_size: int, lowercase: bool) -> PreTraine
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return fast_tokenizer(backend)
+
+
+def extend(model: BertPreTrainedModel, tokenizer: PreTrainedTokenizerFast,
+           lines: Sequence[str], min_count: int, max_pieces: int, seed: int
+           ) -> tuple[PreTrainedTokenizerFast, list[str]]:
+    """Add to `tokenizer` and `model` what `lines` hold and the vocabulary lacks (see
+    `extension`): new embedding rows started by `init_new_rows`, the tied output layer with
+    them, and the new tokens' output bias at the old tokens' mean. Returns the extended
+    tokenizer and the tokens added."""
+    added = extension(tokenizer.backend_tokenizer, lines, min_count, max_pieces)
+    old_size = model.get_input_embeddings().num_embeddings
+    wider = extended(tokenizer, added)
+    model.resize_token_embeddings(len(wider), mean_resizing=False)
+    init_new_rows(model.get_input_embeddings(), tokenizer, added, old_size, seed)
+    with torch.no_grad():
+        bias = model.cls.predictions.bias
+        bias[old_size:] = bias[:old_size].mean()
+    return wider, added
 
 
 @torch.no_grad()
