@@ -13,9 +13,12 @@ RUN ?= $(notdir $(abspath $(DATASET)))$(if $(QUICK),-quick,)
 STAGE_ARGS := $(if $(PRESET),--preset $(PRESET),) $(if $(QUICK),--quick,) \
 	run=$(RUN) dataset=$(DATASET) data_dir=$(DATA_DIR) $(ARGS)
 
-.PHONY: all install pretrain teacher distill quantize report test lint clean gpu-check gpu-pack
+.PHONY: all install pretrain pretrain-if-needed teacher distill quantize report test lint clean \
+	gpu-check gpu-pack
 
-all: teacher distill quantize report
+# Pretraining runs only where the teacher preset starts from the pretrained backbone
+# (PRESET=chinese: the offline backbone cannot read Chinese); elsewhere it is skipped.
+all: pretrain-if-needed teacher distill quantize report
 
 # The stamp is rebuilt when pyproject.toml changes, so a new dependency installs itself.
 # Everything a CPU box can run (train, quantize, report) and the test tools; an edge box
@@ -29,6 +32,9 @@ install: $(VENV)/.installed
 
 pretrain: install
 	$(PY) -m pretrain $(STAGE_ARGS)
+
+pretrain-if-needed: install
+	$(PY) -m pretrain --if-the-teacher-needs-it $(STAGE_ARGS)
 
 teacher: install
 	$(PY) -m teacher $(STAGE_ARGS)

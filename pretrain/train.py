@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from tokenizers import Tokenizer
 
 from edgener.runtime.artifacts import MANIFEST, publish_dir, read_json, write_json_atomic
@@ -28,6 +29,7 @@ from edgener.runtime.console import console
 from edgener.runtime.text import CJK
 from edgener.training.backbone import load_tokenizer, resolve_model_source
 from edgener.training.config import (
+    ConfigError,
     as_dict,
     dataset_run_name,
     load_config,
@@ -37,7 +39,14 @@ from edgener.training.config import (
     stage_parser,
 )
 from edgener.training.datasets import load_dataset
-from edgener.training.loop import Processes, close_processes, fit, init_processes, set_seed
+from edgener.training.loop import (
+    FitResult,
+    Processes,
+    close_processes,
+    fit,
+    init_processes,
+    set_seed,
+)
 from edgener.training.publish import describe_model, fingerprint, make_manifest, seal_folder
 from pretrain import vocabulary
 from pretrain.config import PretrainConfig
@@ -45,6 +54,7 @@ from pretrain.corpus import (
     chinese_segmenter,
     decontaminate,
     hold_out,
+    locate,
     read_corpus,
     sentence_lines,
 )
@@ -57,7 +67,15 @@ PROBE_STEPS = 3  # steps timed to fit the schedule to max_minutes
 def main(argv: list[str] | None = None, prog: str = "python -m pretrain") -> int:
     parser = stage_parser(prog, __doc__, "pretrain", "a slice of the text, a few minutes",
                           preset="default")
+    parser.add_argument("--if-the-teacher-needs-it", action="store_true",
+                        help="pretrain only where the teacher preset of the same name starts "
+                             "from the pretrained backbone (model: pretrained), as `make all` "
+                             "does; otherwise say so and stop")
     args = parser.parse_args(argv)
+    if args.if_the_teacher_needs_it and not teacher_needs_pretraining(args.preset):
+        console.print("pretrain: skipped; the teacher preset starts from its backbone as it "
+                      "is (a preset whose model is `pretrained` pretrains first)")
+        return 0
     config = load_config(PretrainConfig, preset_path("pretrain", args.preset),
                          parse_overrides(args.overrides), args.quick)
     config.run = config.run or dataset_run_name(config.dataset)
@@ -66,6 +84,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m pretrain") -> int
         return pretrain(config, args.preset, processes, args.fresh)
     finally:
         close_processes(processes)
+
+
+def teacher_needs_pretraining(preset: str | None) -> bool:
+    """Whether the teacher preset named `preset` trains from the run's pretrained backbone:
+    presets say so where pretraining was measured to pay (configs/teacher/chinese.yaml)."""
+    if preset is None:
+        return False
+    try:
+        path = preset_path("teacher", preset)
+    except ConfigError:  # no such teacher preset: the teacher stage says so itself
+        return False
+    return (yaml.safe_load(path.read_text()) or {}).get("model") == "pretrained"
 
 
 def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: bool) -> int:
@@ -83,7 +113,7 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
     # The text
     dataset = load_dataset(config.dataset, config.data_dir)
     if config.corpus:
-        lines = read_corpus(config.corpus, config.corpus_limit)
+        lines = read_corpus(locate(config.corpus, config.data_dir), config.corpus_limit)
     else:
         lines = sentence_lines(dataset.split("train"))[: config.corpus_limit]
     removed = 0
@@ -144,7 +174,8 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
                         special, config.mlm_probability, processes.device)
     work = run_dir / ".pretrain-work"
     chosen: list[int] | None = list(range(len(examples)))
-    if config.max_minutes:  # the first process plans; every process trains its plan
+    # The first process plans; every process trains its plan.
+    if config.max_minutes and config.epochs:
         chosen = fitted_schedule(step, config, work, config_id, log) \
             if processes.is_main else None
         if processes.distributed:
@@ -160,9 +191,13 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
         return heldout_scores(step, heldout, config.batch_size, config.seed)["accuracy"]
 
     lengths = [len(e.ids) for e in step.examples]
-    result = fit(step, model, lengths, validate, config, work, config_id, processes, fresh,
-                 metric=("heldout_accuracy", "held-out accuracy"),
-                 tokens_per_step=config.batch_size * sum(lengths) / len(lengths))
+    embeddings = model.get_input_embeddings().weight
+    result = FitResult(best_epoch=0, best_valid_f1=float("nan"), steps=0, wall_time_s=0.0)
+    if config.epochs:
+        result = fit(step, model, lengths, validate, config, work, config_id, processes, fresh,
+                     metric=("heldout_accuracy", "held-out accuracy"),
+                     tokens_per_step=config.batch_size * sum(lengths) / len(lengths),
+                     own_lrs={embeddings: config.embedding_lr} if config.embedding_lr else None)
     if processes.is_main:
         scores = heldout_scores(step, heldout, config.batch_size, config.seed)
         trained_tokens = sum(len(e.ids) for e in step.examples) * config.epochs
@@ -178,6 +213,7 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
             vocabulary={"size": len(tokenizer), "added": len(added),
                         "added_first": added[:50]},
             objective={"mlm_probability": config.mlm_probability, "nsp": config.nsp,
+                       "embedding_lr": config.embedding_lr,
                        "whole_word_mask": config.whole_word_mask,
                        "segmenter": "jieba" if segment else None},
             heldout=scores,

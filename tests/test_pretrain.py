@@ -9,16 +9,28 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertModel
 
 from edgener.predictor import open_predictor
 from edgener.runtime.conll import DataError, Sentence
 from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.training.backbone import resolve_model_source
+from edgener.training.config import ConfigError
+from edgener.training.loop import adamw, linear_warmup_decay
 from pretrain import vocabulary
-from pretrain.corpus import chinese_segmenter, decontaminate, hold_out, read_corpus, word_starts
+from pretrain.config import PretrainConfig
+from pretrain.corpus import (
+    chinese_segmenter,
+    decontaminate,
+    hold_out,
+    locate,
+    read_corpus,
+    word_starts,
+)
 from pretrain.examples import blocks, sentence_pairs, split_sentences
 from pretrain.mlm import fresh_mlm, mask_tokens
+from pretrain.train import teacher_needs_pretraining
+from teacher.config import TeacherConfig
 from tests.conftest import run_module
 from tests.test_cli import edge_ner
 from tests.test_teacher import chinese_dataset
@@ -135,19 +147,29 @@ def test_an_extended_vocabulary_keeps_every_old_id_and_the_lean_runtime_reads_it
     assert pieces[0] == [new["张"]]
 
 
-def test_new_rows_start_from_the_old_rows_they_resemble(minilm):
-    embeddings = torch.nn.Embedding(len(minilm) + 2, 8)
+def test_new_rows_start_from_the_old_rows_they_resemble_and_as_far_apart(minilm):
+    vocab = minilm.get_vocab()
+    new_characters = [c for c in map(chr, range(0x4E00, 0x9FA6)) if c not in vocab][:3000]
+    added = [*new_characters, "##ing"]
+    embeddings = torch.nn.Embedding(len(minilm) + len(added), 8)
     torch.nn.init.normal_(embeddings.weight, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # old rows with a spread of their own in each dimension
+        embeddings.weight[:len(minilm)] *= torch.linspace(0.5, 2.0, 8)
     before = embeddings.weight[:len(minilm)].clone()
-    vocabulary.init_new_rows(embeddings, minilm, ["纽", "##ing"], len(minilm), seed=0)
+    vocabulary.init_new_rows(embeddings, minilm, added, len(minilm), seed=0)
     assert torch.equal(embeddings.weight[:len(minilm)], before)  # old rows unchanged
-    characters = [i for t, i in minilm.get_vocab().items() if len(t) == 1 and "一" <= t <= "龥"]
+    characters = [i for t, i in vocab.items() if len(t) == 1 and "一" <= t <= "龥"]
     assert len(characters) > 100
-    spread = before.std().item()
-    assert torch.allclose(embeddings.weight[len(minilm)], before[characters].mean(0),
-                          atol=spread)  # within the noise (a tenth of the spread, per value)
+    new_rows = embeddings.weight[len(minilm):len(minilm) + len(new_characters)]
+    old_spread = before.std(0)
+    # Centred on the old characters' mean, to within the noise's sampling error...
+    assert torch.allclose(new_rows.mean(0), before[characters].mean(0),
+                          atol=4 * old_spread.max().item() / len(new_characters) ** 0.5)
+    # ...and spread as the old rows are, dimension by dimension (not a tenth of it).
+    assert torch.allclose(new_rows.std(0), old_spread, rtol=0.1)
     ing = minilm.backend_tokenizer.encode("ing", add_special_tokens=False).ids
-    assert torch.allclose(embeddings.weight[len(minilm) + 1], before[ing].mean(0), atol=spread)
+    assert torch.allclose(embeddings.weight[-1], before[ing].mean(0),
+                          atol=5 * old_spread.max().item())
 
 
 def test_a_vocabulary_learned_from_scratch_has_bert_special_tokens_and_a_fitting_model():
@@ -255,3 +277,80 @@ def test_two_processes_under_torchrun_share_one_time_budget_plan(tmp_path, tiny_
     manifest = json.loads((tmp_path / "runs/ddp/pretrained/manifest.json").read_text())
     plan = json.loads((tmp_path / "runs/ddp/.pretrain-work/schedule.json").read_text())
     assert manifest["training"]["steps"] == -(-len(plan["examples"]) // 8)
+
+
+def test_the_embeddings_can_train_at_their_own_learning_rate():
+    model = fresh_mlm(50, 1, 16, 2, 32, 16, PAD)
+    embeddings = model.get_input_embeddings().weight
+    optimizer = adamw(model, 1e-4, 0.01, {embeddings: 2e-3})
+    scheduler = linear_warmup_decay(optimizer, 2, 10)
+    groups = [g for g in optimizer.param_groups if any(p is embeddings for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["params"] == [embeddings]  # in one group only
+    before = embeddings.detach().clone()
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if p is not embeddings}
+    for _ in range(3):  # the schedule scales the embeddings' rate like everyone else's
+        model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])
+              ).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    assert groups[0]["lr"] == pytest.approx(2e-3 * 7 / 8)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 7 / 8)
+    # Adam moves a weight about one learning rate a step: the rows the batches touched
+    # moved up to ~20 times what any other weight did.
+    moved = (embeddings.detach() - before).abs().max().item()
+    others_moved = max((p.detach() - others[n]).abs().max().item()
+                       for n, p in model.named_parameters() if p is not embeddings)
+    assert moved > 5 * others_moved
+
+
+def test_epochs_0_is_for_extend_alone():
+    assert PretrainConfig(mode="extend", epochs=0).epochs == 0
+    for mode in ("continue", "scratch"):
+        with pytest.raises(ConfigError, match=f"epochs=0 trains nothing: with mode={mode}"):
+            PretrainConfig(mode=mode, epochs=0)
+    with pytest.raises(ConfigError, match="epochs=0 cannot run"):
+        TeacherConfig(epochs=0)
+
+
+def test_make_all_pretrains_only_where_the_teacher_preset_starts_from_it(tmp_path):
+    assert teacher_needs_pretraining("chinese")
+    assert not teacher_needs_pretraining("minilm")
+    assert not teacher_needs_pretraining(None)  # the teacher's own choice: a backbone as is
+    assert not teacher_needs_pretraining("no-such-preset")
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("model: pretrained\nepochs: 2\n")
+    assert teacher_needs_pretraining(str(preset))
+    skipped = run_module("pretrain", "--if-the-teacher-needs-it", "--preset", "minilm",
+                         "run=x", cwd=tmp_path)
+    assert skipped.returncode == 0 and "pretrain: skipped" in skipped.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_relative_corpus_not_found_here_is_looked_up_under_the_data_dir(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "data" / "zh").mkdir(parents=True)
+    (tmp_path / "data" / "zh" / "corpus.txt").write_text("好\n")
+    monkeypatch.chdir(tmp_path)
+    assert read_corpus(locate("zh/corpus.txt", "data")) == ["好"]
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "corpus.txt").write_text("本\n")
+    assert read_corpus(locate("zh/corpus.txt", "data")) == ["本"]  # here first
+    assert str(locate("absent.txt", "data")) == "absent.txt"  # as given, for the error
+
+
+def test_extend_with_epochs_0_publishes_the_widened_backbone_untrained(tmp_path, tiny_bert):
+    data = chinese_dataset(tmp_path / "zh")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("张三在纽约工作。\n李四在北京工作。\n" * 10, encoding="utf-8")
+    result = run_module("pretrain", "--preset", "chinese", f"model={tiny_bert}",
+                        f"dataset={data}", "run=zh", f"corpus={corpus}", "epochs=0",
+                        "block_size=16", "heldout_share=0.1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    folder = tmp_path / "runs" / "zh" / "pretrained"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == 0 and manifest["vocabulary"]["added"] >= 6
+    old = BertModel.from_pretrained(tiny_bert).get_input_embeddings().weight
+    new = BertModel.from_pretrained(folder).get_input_embeddings().weight
+    assert new.shape[0] == old.shape[0] + manifest["vocabulary"]["added"]
+    assert torch.equal(new[:old.shape[0]], old)  # nothing trained: old rows as they were
