@@ -4,6 +4,10 @@ The first subword of each word carries the word's label. A sentence longer than 
 model's window is split into overlapping windows; every word is *owned* by exactly one
 window (the one where it sits furthest from an edge), so prediction gives one tag a word
 and no word is ever truncated away.
+
+With `context_tokens`, a sentence is read in its document: its window also holds up to that
+many subword tokens of the sentences before it and after it (whole words, as room allows),
+which the model sees but which take no label and no prediction from this window.
 """
 
 from __future__ import annotations
@@ -127,12 +131,14 @@ class Encoder:
         max_length: int,
         window_overlap: int,
         case_features: bool,
+        context_tokens: int = 0,
     ):
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.max_length = max_length
         self.max_tokens = max_length - 2  # room for [CLS] and [SEP]
         self.window_overlap = window_overlap
         self.case_features = case_features
+        self.context_tokens = context_tokens
         self.cls_id, self.sep_id = special.cls, special.sep
         self.pad_id, self.unk_id = special.pad, special.unk
         # Words are encoded one pre-split call at a time, so the padding and truncation a
@@ -149,17 +155,19 @@ class Encoder:
 
     @classmethod
     def from_transformers(cls, tokenizer, labels: Sequence[str], max_length: int,
-                          window_overlap: int, case_features: bool) -> Encoder:
+                          window_overlap: int, case_features: bool,
+                          context_tokens: int = 0) -> Encoder:
         """From a transformers fast tokenizer (its Rust tokenizer and special ids)."""
         special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id,
                                 tokenizer.pad_token_id, tokenizer.unk_token_id)
         # A copy: transformers resets its own tokenizer's padding and truncation per call.
         return cls(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), special, labels,
-                   max_length, window_overlap, case_features)
+                   max_length, window_overlap, case_features, context_tokens)
 
     @classmethod
     def from_folder(cls, folder: str | Path, labels: Sequence[str], max_length: int,
-                    window_overlap: int, case_features: bool) -> Encoder:
+                    window_overlap: int, case_features: bool,
+                    context_tokens: int = 0) -> Encoder:
         """From a saved tokenizer's tokenizer.json and tokenizer_config.json (the files
         transformers' save_pretrained writes), without transformers."""
         folder = Path(folder)
@@ -179,12 +187,12 @@ class Encoder:
                                      "tokenizer's vocabulary")
             ids[name] = token_id
         return cls(word_piecer, SpecialTokens(**ids), labels, max_length, window_overlap,
-                   case_features)
+                   case_features, context_tokens)
 
     def settings(self) -> dict:
         """What a manifest records, so that a later stage rebuilds the same encoder."""
         return {"max_length": self.max_length, "window_overlap": self.window_overlap,
-                "case_features": self.case_features}
+                "case_features": self.case_features, "context_tokens": self.context_tokens}
 
     def subwords(self, words: Sequence[str]) -> list[list[int]]:
         """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK].
@@ -207,37 +215,116 @@ class Encoder:
         return [self._pieces[w] for w in words]
 
     def encode(
-        self, sentence_index: int, words: Sequence[str], tags: Sequence[str] | None = None
+        self, sentence_index: int, words: Sequence[str], tags: Sequence[str] | None = None,
+        before: Sequence[str] = (), after: Sequence[str] = (),
     ) -> list[Window]:
+        """The windows of one sentence. `before` and `after`: the words around it in its
+        document, as many as fit beside it (the nearest first), seen but not tagged; a
+        sentence too long for one window is read without them."""
         pieces = self.subwords(words)
         self.tokens_encoded += sum(map(len, pieces))
         self.unknown_encoded += sum(ids.count(self.unk_id) for ids in pieces)
         cases = [case_class(w) for w in words] if self.case_features else [0] * len(words)
-        windows = []
-        for spec in plan_windows([len(p) for p in pieces], self.max_tokens, self.window_overlap):
-            input_ids, types, labels, owned = [self.cls_id], [0], [IGNORE_INDEX], [-1]
-            for w in range(spec.start, spec.end):
-                ids = pieces[w][: self.max_tokens]
-                input_ids += ids
-                types += [cases[w]] * len(ids)
-                label = self.label_ids[tags[w]] if tags is not None else IGNORE_INDEX
-                labels += [label] + [IGNORE_INDEX] * (len(ids) - 1)
-                is_owned = spec.own_start <= w < spec.own_end
-                owned += [w if is_owned else -1] + [-1] * (len(ids) - 1)
-            input_ids.append(self.sep_id)
-            types.append(0)
-            labels.append(IGNORE_INDEX)
-            owned.append(-1)
-            windows.append(Window(sentence_index, input_ids, types, labels, owned))
-        return windows
+        room = self.max_tokens - sum(map(len, pieces))
+        if room > 0 and (before or after):
+            left, right = self.context(before, after, room)
+            return [self.window(sentence_index, pieces, cases, tags,
+                                WindowSpec(0, len(words), 0, len(words)), left, right)]
+        return [self.window(sentence_index, pieces, cases, tags, spec)
+                for spec in plan_windows([len(p) for p in pieces], self.max_tokens,
+                                         self.window_overlap)]
+
+    def context(self, before: Sequence[str], after: Sequence[str], room: int
+                ) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]]]:
+        """(pieces, casing class) of the context words that fit: up to context_tokens each
+        side, within `room`, which the sides share evenly unless one has less to give."""
+        def words_of(side: Sequence[str]) -> list[tuple[list[int], int]]:
+            return [(ids, case_class(w) if self.case_features else 0)
+                    for w, ids in zip(side, self.subwords(side), strict=True)]
+
+        def take(side: list[tuple[list[int], int]], budget: int) -> list:
+            taken, used = [], 0
+            for ids, case in side:  # nearest first
+                if used + len(ids) > budget:
+                    break
+                taken.append((ids, case))
+                used += len(ids)
+            return taken
+
+        near_before, near_after = words_of(before[::-1]), words_of(after)
+        wanted_after = min(self.context_tokens, sum(len(ids) for ids, _ in near_after))
+        left = take(near_before, min(self.context_tokens, max(room // 2, room - wanted_after)))
+        used_left = sum(len(ids) for ids, _ in left)
+        right = take(near_after, min(self.context_tokens, room - used_left))
+        return left[::-1], right
+
+    def window(self, sentence_index: int, pieces: list[list[int]], cases: list[int],
+               tags: Sequence[str] | None, spec: WindowSpec,
+               left: Sequence[tuple[list[int], int]] = (),
+               right: Sequence[tuple[list[int], int]] = ()) -> Window:
+        input_ids, types, labels, owned = [self.cls_id], [0], [IGNORE_INDEX], [-1]
+        for ids, case in left:
+            input_ids += ids
+            types += [case] * len(ids)
+        labels += [IGNORE_INDEX] * (len(input_ids) - len(labels))
+        owned += [-1] * (len(input_ids) - len(owned))
+        for w in range(spec.start, spec.end):
+            ids = pieces[w][: self.max_tokens]
+            input_ids += ids
+            types += [cases[w]] * len(ids)
+            label = self.label_ids[tags[w]] if tags is not None else IGNORE_INDEX
+            labels += [label] + [IGNORE_INDEX] * (len(ids) - 1)
+            is_owned = spec.own_start <= w < spec.own_end
+            owned += [w if is_owned else -1] + [-1] * (len(ids) - 1)
+        for ids, case in right:
+            input_ids += ids
+            types += [case] * len(ids)
+        input_ids.append(self.sep_id)
+        types.append(0)
+        labels += [IGNORE_INDEX] * (len(input_ids) - len(labels))
+        owned += [-1] * (len(input_ids) - len(owned))
+        return Window(sentence_index, input_ids, types, labels, owned)
 
     def encode_all(
-        self, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str]] | None = None
+        self, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str]] | None = None,
+        documents: Sequence[int] | None = None, context_dropout: float = 0.0, seed: int = 0,
     ) -> list[Window]:
+        """The windows of every sentence. With context_tokens and `documents` (a document
+        id a sentence, in reading order), each sentence is read with the sentences around
+        it in its document; without `documents` every sentence stands alone. In training,
+        `context_dropout` drops each side's context of a sentence with that chance (seeded),
+        so that the model also learns to tag a lone sentence."""
+        rng = random.Random(seed)
         windows = []
         for i, words in enumerate(sentences):
-            windows += self.encode(i, words, tags[i] if tags is not None else None)
+            before: list[str] = []
+            after: list[str] = []
+            if self.context_tokens and documents is not None:
+                before, after = neighbours(sentences, documents, i, self.context_tokens)
+                if context_dropout and rng.random() < context_dropout:
+                    before = []
+                if context_dropout and rng.random() < context_dropout:
+                    after = []
+            windows += self.encode(i, words, tags[i] if tags is not None else None,
+                                   before, after)
         return windows
+
+
+def neighbours(sentences: Sequence[Sequence[str]], documents: Sequence[int], index: int,
+               most: int) -> tuple[list[str], list[str]]:
+    """The words before and after sentence `index` in its document: at most `most` words
+    each side (a word is at least one token, so no more are ever needed)."""
+    before: list[str] = []
+    k = index - 1
+    while k >= 0 and documents[k] == documents[index] and len(before) < most:
+        before[:0] = sentences[k]
+        k -= 1
+    after: list[str] = []
+    k = index + 1
+    while k < len(sentences) and documents[k] == documents[index] and len(after) < most:
+        after += sentences[k]
+        k += 1
+    return before[-most:], after[:most]
 
 
 def pad_arrays(windows: Sequence[Window], pad_id: int,

@@ -23,11 +23,13 @@ BATCH_TOKENS = 512
 
 
 def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence[str]],
-                max_tokens: int = BATCH_TOKENS) -> list[np.ndarray]:
+                max_tokens: int = BATCH_TOKENS, documents: Sequence[int] | None = None
+                ) -> list[np.ndarray]:
     """Word-level logits for each sentence, every word predicted by the window owning it;
     the windows of all sentences go to the model sorted by length, `max_tokens` padded
-    positions a call."""
-    windows = encoder.encode_all(sentences)
+    positions a call. With `documents` (a document id a sentence), a sentence is read with
+    the sentences around it in its document, where the encoder takes context."""
+    windows = encoder.encode_all(sentences, documents=documents)
 
     def window_logits():
         for indices in token_batches([len(w.input_ids) for w in windows], max_tokens):
@@ -40,10 +42,12 @@ def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence
 
 def score(backend: Backend, encoder: Encoder, words: Sequence[Sequence[str]],
           gold_tags: Sequence[Sequence[str]], labels: Sequence[str],
-          max_tokens: int = BATCH_TOKENS) -> dict:
-    """Entity-level scores of a backend, with constrained decoding."""
+          max_tokens: int = BATCH_TOKENS, documents: Sequence[int] | None = None) -> dict:
+    """Entity-level scores of a backend, with constrained decoding (and the sentences'
+    documents as context, where given and the encoder takes it)."""
     predicted = [[labels[i] for i in path] for path, _ in
-                 decode_all(word_logits(backend, encoder, words, max_tokens), labels)]
+                 decode_all(word_logits(backend, encoder, words, max_tokens, documents),
+                            labels)]
     return entity_scores(gold_tags, predicted)
 
 

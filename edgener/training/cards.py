@@ -65,7 +65,9 @@ def pretrained_card(manifest: dict, folder: str) -> str:
              "chosen (80% [MASK], 10% random, 10% kept)"
              + "".join(f", {extra}" for extra in extras) + "; "
              f"{training.get('epochs', '?')} epoch(s), {training.get('steps', 0):,} steps, "
-             f"{training.get('tokens_per_s', 0):,} tokens/s."]
+             f"{training.get('tokens_per_s', 0):,} tokens/s"
+             + (f", the embeddings at their own learning rate {objective['embedding_lr']:g}"
+                if objective.get("embedding_lr") else "") + "."]
     if vocab.get("added_first"):
         lines.append("First tokens added: "
                      + " ".join(f"`{token}`" for token in vocab["added_first"][:20]))

