@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from edgener.training.config import check_above, check_at_least
+from edgener.training.config import check_above, check_at_least, check_fraction
 from edgener.training.datasets import DATA_DIR_ENV
 from edgener.training.loop import TrainSettings
 
@@ -36,9 +36,13 @@ class DistillConfig(TrainSettings):
     # Extra unlabeled text, one sentence a line, labelled softly by the teacher
     unlabeled_text: str | None = None
     unlabeled_limit: int | None = None
+    # Where the teacher reads sentences in their documents (its context_tokens), the chance
+    # that a side's context is left out of a train sentence's window, as for the teacher.
+    context_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fraction(self, "context_dropout")
         check_at_least(self, 1, "train_limit", "eval_limit", "unlabeled_limit")
         check_above(self, 0, "temperature")
         check_at_least(self, 0, "kd_weight", "hard_label_weight", "hidden_weight",

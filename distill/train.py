@@ -85,7 +85,9 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     train_set = dataset.split("train")[: config.train_limit]
     splits = {"valid": dataset.split("valid")[: config.eval_limit],
               "test": dataset.split("test")[: config.eval_limit]}
-    labeled = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
+    labeled = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set],
+                                 [s.document for s in train_set], config.context_dropout,
+                                 config.seed)
     unlabeled = read_unlabeled(config, encoder)
     specs = {name: StudentSpec(**spec) for name, spec in config.students.items()
              if not config.only or name in config.only}
@@ -155,10 +157,8 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
                 + ("distilled" if distilled else "hard labels only"))
 
             def validate(student=student) -> float:
-                valid = splits["valid"]
-                return evaluate(student, encoder, [s.words for s in valid],
-                                [s.tags for s in valid], labels, config.eval_batch_tokens,
-                                processes.device)["f1"]
+                return evaluate(student, encoder, splits["valid"], labels,
+                                config.eval_batch_tokens, processes.device)["f1"]
 
             result = fit(step, student, [len(w.input_ids) for w in windows], validate, config,
                          run_dir / ".students-work" / out_name, config_id, processes, fresh)

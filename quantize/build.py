@@ -225,7 +225,8 @@ def batch1_latency(backend: Backend, source: Source, sentences: list[Sentence],
 def evaluate(backend: Backend, source: Source, sentences: list[Sentence],
              config: QuantizeConfig) -> dict:
     return score(backend, source.encoder, [s.words for s in sentences],
-                 [s.tags for s in sentences], source.labels, config.eval_batch_tokens)
+                 [s.tags for s in sentences], source.labels, config.eval_batch_tokens,
+                 [s.document for s in sentences])
 
 
 def build_variant(variant: str, source: Source, config: QuantizeConfig, plain: Path,

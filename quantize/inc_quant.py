@@ -207,7 +207,8 @@ def build(source: Source, config: QuantizeConfig, splits: dict, min_f1: float,
 
     def eval_fn(model: torch.nn.Module) -> float:
         f1 = score(GraphBackend(model, config.threads), encoder, [s.words for s in valid],
-                   [s.tags for s in valid], source.labels, config.eval_batch_tokens)["f1"]
+                   [s.tags for s in valid], source.labels, config.eval_batch_tokens,
+                   [s.document for s in valid])["f1"]
         if not is_quantized(model):
             if f1 <= 0:
                 # INC divides by the baseline when it reports a trial.

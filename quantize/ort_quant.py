@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgener.runtime.conll import Sentence
 from edgener.runtime.encoding import Encoder, pad_arrays, token_batches
 from quantize.config import CALIBRATION_METHODS
 
@@ -87,9 +88,12 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
 class CalibrationReader:
     """Batches of train windows for ONNX Runtime's calibrators (never valid or test)."""
 
-    def __init__(self, encoder: Encoder, sentences: Sequence[Sequence[str]],
+    def __init__(self, encoder: Encoder, sentences: Sequence[Sentence],
                  max_tokens: int = 2048):
-        windows = encoder.encode_all(sentences)
+        # The windows the artifact will see: each sentence in its document's context, where
+        # the encoder takes it.
+        windows = encoder.encode_all([s.words for s in sentences],
+                                     documents=[s.document for s in sentences])
         self.batches = [pad_arrays([windows[i] for i in indices], encoder.pad_id)
                         for indices in token_batches([len(w.input_ids) for w in windows],
                                                      max_tokens)]

@@ -47,4 +47,4 @@ class Built:
 
 def calibration_reader(source: Source, config: QuantizeConfig, splits: dict):
     train = splits["train"][: config.calibration_sentences]
-    return ort_quant.CalibrationReader(source.encoder, [s.words for s in train])
+    return ort_quant.CalibrationReader(source.encoder, train)

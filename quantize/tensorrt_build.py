@@ -90,7 +90,8 @@ def shape_profile(config: QuantizeConfig, window_length: int, median_length: int
 
 def median_window_length(source: Source, sentences: list) -> int:
     """The median length in tokens of the windows of `sentences`, [CLS] and [SEP] included."""
-    windows = source.encoder.encode_all([s.words for s in sentences])
+    windows = source.encoder.encode_all([s.words for s in sentences],
+                                        documents=[s.document for s in sentences])
     return round(statistics.median(len(w.input_ids) for w in windows)) if windows else 1
 
 
@@ -267,7 +268,7 @@ def quantize_for_tensorrt(source: Source, config: QuantizeConfig, plain: Path, s
     """The QDQ model TensorRT builds the INT8 engine from, calibrated on the first
     calibration_sentences train sentences (never valid or test); returns how many."""
     train = splits["train"][: config.calibration_sentences]
-    reader = ort_quant.CalibrationReader(source.encoder, [s.words for s in train])
+    reader = ort_quant.CalibrationReader(source.encoder, train)
     # Embedding tables stay FP32: TensorRT's int8 kernels are the GEMMs, and a Gather
     # would read an int8 table through a DequantizeLinear that only gives back FP32.
     ort_quant.quantize_static_qdq(plain, target, reader, config.calibration_method,

@@ -24,6 +24,12 @@ class TeacherConfig(TrainSettings):
     max_length: int = 128  # subword tokens per window, [CLS] and [SEP] included
     window_overlap: int = 32  # subword tokens shared by neighbouring windows
     case_features: bool = False  # casing classes as token types, for uncased backbones
+    # Each sentence read in its document: up to context_tokens subword tokens of the
+    # sentences before it and after it share its window, untagged (0: a sentence alone).
+    # In training each side is left out with the chance context_dropout, so that a lone
+    # sentence is still tagged well.
+    context_tokens: int = 0
+    context_dropout: float = 0.0
     train_limit: int | None = None  # first N train sentences (quick mode)
     eval_limit: int | None = None  # first N valid and test sentences (quick mode)
     dropout: float | None = None  # None keeps the backbone's
@@ -35,7 +41,8 @@ class TeacherConfig(TrainSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_at_least(self, 3, "max_length")  # [CLS], [SEP] and at least one subword
-        check_at_least(self, 0, "window_overlap")
+        check_at_least(self, 0, "window_overlap", "context_tokens")
+        check_fraction(self, "context_dropout")
         check_at_least(self, 1, "train_limit", "eval_limit")
         check_fraction(self, "dropout")
         check_at_least(self, 0, "warn_unknown_share", "max_unknown_share")

@@ -99,17 +99,20 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     source = backbone_source(config.model, run_dir)
     tokenizer = load_tokenizer(source)
     encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
-                                        config.window_overlap, config.case_features)
+                                        config.window_overlap, config.case_features,
+                                        config.context_tokens)
     coverage = check_coverage(encoder, train_set, config, log)
     set_seed(config.seed)
     model = build_token_classifier(source, labels, config.case_features, config.dropout)
     model.to(processes.device)
-    windows = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set])
+    windows = encoder.encode_all([s.words for s in train_set], [s.tags for s in train_set],
+                                 [s.document for s in train_set], config.context_dropout,
+                                 config.seed)
     step = TokenClassifierStep(model, windows, tokenizer.pad_token_id, processes.device)
 
     def validate() -> float:
-        return evaluate(model, encoder, [s.words for s in valid_set], [s.tags for s in valid_set],
-                        labels, config.eval_batch_tokens, processes.device)["f1"]
+        return evaluate(model, encoder, valid_set, labels, config.eval_batch_tokens,
+                        processes.device)["f1"]
 
     result = fit(step, model, [len(w.input_ids) for w in windows], validate, config,
                  run_dir / ".teacher-work", config_id, processes, fresh)

@@ -3,13 +3,19 @@ model and never tagged from that window."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from edgener.predictor import open_predictor
 from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.runtime.inference import word_logits
 from edgener.training.backbone import resolve_model_source
+from tests.conftest import run_module
+from tests.test_cli import edge_ner
 
 LABELS = ["O", "B-PER", "I-PER"]
 # One WordPiece token each in MiniLM's vocabulary.
@@ -99,3 +105,34 @@ def test_each_word_takes_its_logits_from_its_own_sentence_not_the_context(tokeni
     logits = word_logits(backend, enc, DOC, documents=[0, 0, 0])
     for words, found in zip(DOC, logits, strict=True):
         assert found[:, 0].astype(int).tolist() == ids(tokenizer, words)
+
+
+def first_sentences(source: Path, target: Path, count: int) -> None:
+    blocks = [b for b in source.read_text().split("\n\n") if b.strip()][:count]
+    target.write_text("\n\n".join(blocks) + "\n")
+
+
+@pytest.mark.slow
+def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, tiny_bert,
+                                                                      conll_dir):
+    data = tmp_path / "small"
+    data.mkdir()
+    for split, count in (("train", 200), ("valid", 60), ("test", 60)):
+        first_sentences(conll_dir / f"{split}.txt", data / f"{split}.txt", count)
+    result = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
+                        f"dataset={data}", "run=ctx", "epochs=1", "batch_size=8",
+                        "max_length=48", "context_tokens=16", "context_dropout=0.3",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    folder = tmp_path / "runs" / "ctx" / "teacher"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["encoding"]["context_tokens"] == 16
+    assert "16 subword tokens of the sentences before and after" in \
+        (folder / "README.md").read_text()
+    assert open_predictor(folder, threads=1).encoder.context_tokens == 16
+    # The CLI scores the file with its sentences in their document, as training did.
+    scored = edge_ner("evaluate", str(folder), str(data), "--split", "valid", "--json",
+                      "--threads", "1", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert json.loads(scored.stdout)["f1"] == pytest.approx(metrics["valid"]["f1"], abs=1e-6)

@@ -62,7 +62,7 @@ def test_token_first_tag_last_with_middle_columns(tmp_path):
     ]
 
 
-def test_docstart_lines_are_skipped_and_end_a_sentence(tmp_path):
+def test_docstart_lines_end_a_sentence_and_start_a_document(tmp_path):
     lines = [
         "-DOCSTART- -X- -X- O",
         "",
@@ -80,6 +80,9 @@ def test_docstart_lines_are_skipped_and_end_a_sentence(tmp_path):
         (["Maria"], ["B-PER"]),
         (["Paris"], ["B-LOC"]),
     ]
+    assert [s.document for s in read_conll(path)] == [0, 1, 2]
+    path = write(tmp_path / "b.txt", "ACME B-ORG\n\nhires O\n\n-DOCSTART- -X- O\n\nMaria B-PER\n")
+    assert [s.document for s in read_conll(path)] == [0, 0, 1]  # none: one document
 
 
 def test_blank_and_whitespace_only_lines_separate_sentences(tmp_path):

@@ -32,6 +32,7 @@ from tests.test_teacher import tiny_args
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TRAIN_WORDS = [["Alice", "lives", "in", "Paris", "."], ["Bob", "visited", "New", "York", "today"],
                ["the", "cat", "sat", "on", "the", "mat", "in", "Rome"]] * 4
+TRAIN = [Sentence(words, ["O"] * len(words)) for words in TRAIN_WORDS]
 CPU_VARIANTS = "variants=[onnx-fp32,ort-fp32,ort-int8-dynamic,ort-int8-static,trt-fp16]"
 
 
@@ -54,7 +55,7 @@ def exported(tiny_classifier, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def static_qdq(exported, tiny_classifier) -> Path:
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN, max_tokens=64)
     target = exported.with_name("static.onnx")
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=True)
     return target
@@ -103,7 +104,7 @@ def test_every_static_matmul_has_symmetric_int8_per_channel_weights(static_qdq):
 
 
 def test_tensorrt_form_has_symmetric_int8_activations(exported, tiny_classifier, tmp_path):
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN, max_tokens=64)
     target = tmp_path / "static.onnx"
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False,
                                   symmetric_activations=True)
@@ -164,7 +165,7 @@ def ort_run(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
 
 
 def test_embeddings_stay_fp32_when_asked(exported, tiny_classifier, tmp_path):
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN, max_tokens=64)
     target = tmp_path / "static.onnx"
     ort_quant.quantize_static_qdq(exported, target, reader, "minmax", quantize_embeddings=False)
     assert ort_quant.float_ops(target) == {"Gather": 3}  # word, position, token type tables
@@ -465,7 +466,7 @@ def test_quantized_groups_are_read_from_the_graph(static_qdq, exported, tiny_cla
     assert ort_quant.quantized_groups(static_qdq) == ["embeddings", "head", "layer.0",
                                                       "layer.1"]
     assert ort_quant.quantized_groups(exported) == []
-    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN_WORDS, max_tokens=64)
+    reader = ort_quant.CalibrationReader(tiny_classifier[1], TRAIN, max_tokens=64)
     layer_1 = [n.name for n in ort_quant.quantizable_nodes(exported, True)
                if ort_quant.node_group(n.name) == "layer.1"]
     target = tmp_path / "partial.onnx"

@@ -74,8 +74,7 @@ def test_reloaded_teacher_reproduces_its_metrics(reference_run: Path, conll_dir:
     valid = dataset.split("valid")[:80]
     encoder = Encoder.from_transformers(
         tokenizer, labels, max_length=32, window_overlap=8, case_features=True)
-    scores = evaluate(model, encoder, [s.words for s in valid], [s.tags for s in valid],
-                      labels, 16, torch.device("cpu"))
+    scores = evaluate(model, encoder, valid, labels, 16, torch.device("cpu"))
     metrics = json.loads((reference_run / "metrics.json").read_text())
     assert scores["f1"] == pytest.approx(metrics["valid"]["f1"], abs=1e-9)
     assert scores["support"] == metrics["valid"]["support"]

@@ -190,7 +190,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     scheme = detect_scheme([s.tags for s in sentences])
     gold = [to_iob2(s.tags, scheme) for s in sentences]
     predictor = load(args)
-    predicted = [tags for tags, _ in predictor.tag([s.words for s in sentences])]
+    predicted = [tags for tags, _ in predictor.tag([s.words for s in sentences],
+                                                   [s.document for s in sentences])]
     scores = entity_scores(gold, predicted)
     coverage = vocabulary_coverage(predictor.encoder, [s.words for s in sentences])
     if args.json:

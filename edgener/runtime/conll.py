@@ -25,12 +25,16 @@ class Sentence:
     tags: list[str]
     # Line of each word in its source file, for error messages; 0 where there is no file.
     lines: list[int] = field(default_factory=list)
+    # Which document of its file it belongs to (counted by -DOCSTART- lines; a file without
+    # them is one document, its sentences in order): the context a sentence is read in.
+    document: int = 0
 
 
 def read_conll(path: str | Path) -> list[Sentence]:
     """Read one CoNLL-style file: token first, tag last, blank lines between sentences.
 
-    Columns may be separated by spaces or tabs; -DOCSTART- lines are skipped. Raises
+    Columns may be separated by spaces or tabs; a -DOCSTART- line starts a new document
+    (`Sentence.document`). Raises
     DataError naming the file and line for anything it cannot read faithfully.
     """
     path = Path(path)
@@ -41,10 +45,11 @@ def read_conll(path: str | Path) -> list[Sentence]:
     words: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
+    document = 0
 
     def close_sentence() -> None:
         if words:
-            sentences.append(Sentence(words.copy(), tags.copy(), lines.copy()))
+            sentences.append(Sentence(words.copy(), tags.copy(), lines.copy(), document))
             words.clear()
             tags.clear()
             lines.clear()
@@ -65,6 +70,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
             continue
         if columns[0] == "-DOCSTART-":
             close_sentence()
+            document += bool(sentences)  # the first document starts with the file
             continue
         if len(columns) < 2:
             raise DataError(

@@ -56,9 +56,13 @@ class Predictor:
         with (the manifest's record; unknown counts as no)."""
         return bool(self.manifest.get("batch_invariance", {}).get("invariant"))
 
-    def tag(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[str], list[float]]]:
-        """(IOB2 tags, probability of each tag) for each sentence of words."""
-        logits = word_logits(self.backend, self.encoder, sentences, self.max_batch_tokens)
+    def tag(self, sentences: Sequence[Sequence[str]], documents: Sequence[int] | None = None
+            ) -> list[tuple[list[str], list[float]]]:
+        """(IOB2 tags, probability of each tag) for each sentence of words; with
+        `documents` (a document id a sentence, in reading order), each sentence is read
+        with the sentences around it in its document, where the artifact takes context."""
+        logits = word_logits(self.backend, self.encoder, sentences, self.max_batch_tokens,
+                             documents)
         return [([self.labels[i] for i in path], probabilities)
                 for path, probabilities in decode_all(logits, self.labels)]
 

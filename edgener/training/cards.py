@@ -331,6 +331,11 @@ def input_contract(manifest: dict) -> str:
         f"{encoding.get('max_length', '?')} tokens overlapping by "
         f"{encoding.get('window_overlap', '?')}, so a text of any length has every word "
         "tagged.\n"
+        + (f"- Context: trained to read each sentence with up to "
+           f"{encoding['context_tokens']} subword tokens of the sentences before and after "
+           "it in its document (a CoNLL file's `-DOCSTART-` documents; its sentences in "
+           "order where it has none).\n" if encoding.get("context_tokens") else "")
+        +
         f"- Labels (IOB2, in index order): {', '.join(f'`{x}`' for x in labels)}; tags are "
         "decoded under the IOB2 constraints (never `I-X` after `O`).\n"
         "- Output: entities, each with `start` and `end` (character offsets into the input "

@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from edgener.backends.torch_eager import TorchBackend
+from edgener.runtime.conll import Sentence
 from edgener.runtime.console import console
 from edgener.runtime.encoding import Encoder, Window, pad_arrays, train_batches
 from edgener.runtime.errors import UserError
@@ -165,18 +166,19 @@ def training_progress(rate_unit: str = "steps/s") -> Progress:
 def evaluate(
     model: torch.nn.Module,
     encoder: Encoder,
-    words: Sequence[Sequence[str]],
-    gold_tags: Sequence[Sequence[str]],
+    sentences: Sequence[Sentence],
     labels: Sequence[str],
     max_tokens: int,
     device: torch.device,
 ) -> dict:
-    """Entity-level scores of a PyTorch model with constrained decoding."""
+    """Entity-level scores of a PyTorch model with constrained decoding, each sentence read
+    in its document where the encoder takes context."""
     was_training = model.training
     model.eval()
     try:
-        return score(TorchBackend(model, device), encoder, words, gold_tags, labels,
-                     max_tokens)
+        return score(TorchBackend(model, device), encoder, [s.words for s in sentences],
+                     [s.tags for s in sentences], labels, max_tokens,
+                     [s.document for s in sentences])
     finally:
         model.train(was_training)
 
@@ -185,8 +187,7 @@ def score_splits(model: torch.nn.Module, encoder: Encoder, splits: dict, labels:
                  max_tokens: int, device: torch.device) -> dict[str, dict]:
     """evaluate() on each named list of Sentences."""
     return {
-        name: evaluate(model, encoder, [s.words for s in sentences], [s.tags for s in sentences],
-                       labels, max_tokens, device)
+        name: evaluate(model, encoder, sentences, labels, max_tokens, device)
         for name, sentences in splits.items()
     }
 
