@@ -3,6 +3,7 @@ model and never tagged from that window."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,9 +11,13 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from edgener.cli import commands
 from edgener.predictor import open_predictor
+from edgener.runtime.conll import read_conll
 from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.runtime.inference import word_logits
+from edgener.runtime.predictor import Predictor
+from edgener.runtime.text import sentence_spans, split_words
 from edgener.training.backbone import resolve_model_source
 from tests.conftest import run_module
 from tests.test_cli import edge_ner
@@ -114,7 +119,7 @@ def first_sentences(source: Path, target: Path, count: int) -> None:
 
 @pytest.mark.slow
 def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, tiny_bert,
-                                                                      conll_dir):
+                                                                      conll_dir, monkeypatch):
     data = tmp_path / "small"
     data.mkdir()
     for split, count in (("train", 200), ("valid", 60), ("test", 60)):
@@ -136,3 +141,58 @@ def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, t
     assert scored.returncode == 0, scored.stderr
     metrics = json.loads((folder / "metrics.json").read_text())
     assert json.loads(scored.stdout)["f1"] == pytest.approx(metrics["valid"]["f1"], abs=1e-6)
+
+    # `label --format conll` reads the file in chunks; a chunk's edge changes no tag.
+    predictor = open_predictor(folder, threads=1)
+    sentences = read_conll(data / "valid.txt")
+    whole = [tags for tags, _ in predictor.tag([s.words for s in sentences],
+                                               [s.document for s in sentences])]
+    alone = [tags for tags, _ in predictor.tag([s.words for s in sentences])]
+    assert whole != alone  # the model reads its context: a control for what follows
+    monkeypatch.setattr(commands, "CHUNK_LINES", 7)
+    out = io.StringIO()
+    commands.label_conll(predictor, (data / "valid.txt").read_text().splitlines(), out)
+    labelled = [line.split()[-1] for line in out.getvalue().splitlines()
+                if line.strip() and not line.startswith("-DOCSTART-")]
+    assert labelled == [tag for tags in whole for tag in tags]
+
+def test_raw_text_splits_into_sentences_at_their_ending_punctuation():
+    text = 'He said "Hi." Then U.S. troops left! 我爱北京。你好'
+    words = split_words(text)
+    sentences = [" ".join(w.text for w in words[a:b]) for a, b in sentence_spans(words)]
+    assert sentences == ['He said " Hi . "', "Then U.S. troops left !", "我 爱 北 京 。",
+                         "你 好"]
+    assert sentence_spans(split_words("no ending")) == [(0, 2)]
+    assert sentence_spans([]) == []
+
+
+class Recorder:
+    """A planted backend: remembers every window it is given, tags nothing."""
+
+    def __init__(self):
+        self.windows: list[list[int]] = []
+
+    def __call__(self, batch):
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            self.windows.append(ids[mask.astype(bool)].tolist())
+        return np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
+
+
+def test_a_predictor_with_context_reads_each_sentence_in_its_own_text(tokenizer):
+    backend = Recorder()
+    predictor = Predictor(backend, encoder(tokenizer, 64), LABELS)
+    texts = ["the cat sat. john ran.", "a dog barked."]
+    assert predictor.predict_batch(texts) == [[], []]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    first_text = ids(tokenizer, ["the", "cat", "sat", ".", "john", "ran", "."])
+    # Two windows for the first text's two sentences, each holding the whole text...
+    assert sorted(backend.windows) == sorted([[cls, *first_text, sep]] * 2 + [
+        [cls, *ids(tokenizer, ["a", "dog", "barked", "."]), sep]])  # ...the second alone
+    backend.windows.clear()
+    predictor.predict_batch(texts, one_document=True)  # parts of one document
+    assert all(len(window) == 2 + 11 for window in backend.windows)
+    backend.windows.clear()
+    Predictor(backend, encoder(tokenizer, 0), LABELS).predict_batch(texts)
+    assert sorted(backend.windows) == sorted([[cls, *first_text, sep],
+                                              [cls, *ids(tokenizer, ["a", "dog", "barked",
+                                                                     "."]), sep]])

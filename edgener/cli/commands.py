@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -122,12 +123,44 @@ def conll_blocks(lines: Iterable[str]) -> Iterator[tuple[list[str], list[str]]]:
         yield block, words
 
 
+def documents_of(blocks: Iterable[tuple[list[str], list[str]]]
+                 ) -> Iterator[tuple[list[str], list[str], int]]:
+    """(lines, words, document) of each block: a -DOCSTART- line starts a new document."""
+    document = 0
+    for block, words in blocks:
+        document += any(line.split(maxsplit=1)[:1] == ["-DOCSTART-"] for line in block)
+        yield block, words, document
+
+
 def label_conll(predictor: Predictor, lines: Iterable[str], out: IO[str]) -> None:
     """Each token line with its predicted tag as a last column (separated as the line's
-    columns are); other lines as they were."""
-    for group in chunks(conll_blocks(lines), CHUNK_LINES):
-        tagged = iter(predictor.tag([words for _, words in group if words]))
-        for block, words in group:
+    columns are); other lines as they were. Read in chunks, each sentence in its document
+    where the artifact takes context: the sentences just beyond a chunk's edges are read
+    with it as context, so a chunk edge changes no tag."""
+    reach = predictor.encoder.context_tokens
+    groups = chunks(documents_of(conll_blocks(lines)), CHUNK_LINES)
+    pending: deque[list] = deque()  # chunks read, not yet written
+    before: list[tuple[list[str], int]] = []  # the last sentences written
+    exhausted = False
+    while True:
+        # Read ahead until the chunks after the next hold its right context.
+        while not exhausted and (not pending or sum(
+                len(words) for chunk in list(pending)[1:] for words, _ in sentences_of(chunk))
+                < reach):
+            chunk = next(groups, None)
+            exhausted = chunk is None
+            if chunk is not None:
+                pending.append(chunk)
+        if not pending:
+            return
+        group = pending.popleft()
+        own = sentences_of(group)
+        after = [sentence for chunk in pending for sentence in sentences_of(chunk)]
+        edges = (near(before[::-1], reach)[::-1], near(after, reach)) if reach else ([], [])
+        read = edges[0] + own + edges[1]
+        tagged = iter(predictor.tag([words for words, _ in read],
+                                    [document for _, document in read])[len(edges[0]):])
+        for block, words, _ in group:
             tags = iter(next(tagged)[0] if words else [])
             for line in block:
                 if is_word_line(line):
@@ -135,6 +168,24 @@ def label_conll(predictor: Predictor, lines: Iterable[str], out: IO[str]) -> Non
                     out.write(f"{line.rstrip()}{separator}{next(tags)}\n")
                 else:
                     out.write(line + "\n")
+        before = near((before + own)[::-1], reach)[::-1]
+
+
+def sentences_of(chunk: list[tuple[list[str], list[str], int]]
+                 ) -> list[tuple[list[str], int]]:
+    return [(words, document) for _, words, document in chunk if words]
+
+
+def near(sentences: list[tuple[list[str], int]], words: int) -> list[tuple[list[str], int]]:
+    """The first of `sentences` up to `words` words in all (the context any of them can
+    lend a sentence next to them)."""
+    taken, count = [], 0
+    for sentence in sentences:
+        if count >= words:
+            break
+        taken.append(sentence)
+        count += len(sentence[0])
+    return taken
 
 
 def command_label(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from edgener.runtime.decoding import decode_all
 from edgener.runtime.encoding import Encoder, TokenizerError
 from edgener.runtime.inference import BATCH_TOKENS, word_logits
 from edgener.runtime.tags import entity_spans
-from edgener.runtime.text import Word, split_words
+from edgener.runtime.text import Word, sentence_spans, split_words
 
 STAGES = ("teacher", "student", "quantized")
 
@@ -66,11 +66,38 @@ class Predictor:
         return [([self.labels[i] for i in path], probabilities)
                 for path, probabilities in decode_all(logits, self.labels)]
 
-    def predict_batch(self, texts: Sequence[str]) -> list[list[Entity]]:
+    def predict_batch(self, texts: Sequence[str], one_document: bool = False
+                      ) -> list[list[Entity]]:
+        """The entities of each text. An artifact trained with context reads each sentence
+        of a text with the sentences around it: in its own text, or, with `one_document`,
+        across all the texts, as consecutive parts of one document."""
         words = [split_words(text) for text in texts]
-        tagged = self.tag([[w.text for w in ws] for ws in words])
+        if self.encoder.context_tokens:
+            tagged = self.tag_in_context(words, one_document)
+        else:  # each text one run of words, in overlapping windows where it is long
+            tagged = self.tag([[w.text for w in ws] for ws in words])
         return [entities(text, ws, tags, probs)
                 for text, ws, (tags, probs) in zip(texts, words, tagged, strict=True)]
+
+    def tag_in_context(self, texts: Sequence[list[Word]], one_document: bool
+                       ) -> list[tuple[list[str], list[float]]]:
+        spans = [sentence_spans(words) for words in texts]
+        sentences, documents = [], []
+        for index, (words, text_spans) in enumerate(zip(texts, spans, strict=True)):
+            for start, end in text_spans:
+                sentences.append([w.text for w in words[start:end]])
+                documents.append(0 if one_document else index)
+        tagged = iter(self.tag(sentences, documents))
+        out = []
+        for text_spans in spans:
+            tags: list[str] = []
+            probabilities: list[float] = []
+            for _ in text_spans:
+                sentence_tags, sentence_probabilities = next(tagged)
+                tags += sentence_tags
+                probabilities += sentence_probabilities
+            out.append((tags, probabilities))
+        return out
 
     def predict(self, text: str) -> list[Entity]:
         return self.predict_batch([text])[0]

@@ -23,6 +23,12 @@ WORD = re.compile(
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 
+# A word made only of these ends a sentence (with the closing quotes and brackets after
+# it); abbreviations such as "U.S." are one word of their own, so they end nothing.
+SENTENCE_ENDS = frozenset(".!?。！？…")
+CLOSERS = frozenset("\"'”’)]）」』》")
+
+
 class Word(NamedTuple):  # a tuple: made once per word of every request
     text: str
     start: int  # character offsets in the original string, end exclusive
@@ -40,6 +46,22 @@ def split_words(text: str) -> list[Word]:
         else:
             words.append(Word(token, start, match.end()))
     return words
+
+
+def sentence_spans(words: list[Word]) -> list[tuple[int, int]]:
+    """(start, end) word indices of each sentence of a text's words: a sentence ends after
+    a word of sentence-ending punctuation and the closing quotes that follow it."""
+    spans, start, index = [], 0, 0
+    while index < len(words):
+        index += 1
+        if set(words[index - 1].text) <= SENTENCE_ENDS:
+            while index < len(words) and set(words[index].text) <= CLOSERS:
+                index += 1
+            spans.append((start, index))
+            start = index
+    if start < len(words):
+        spans.append((start, len(words)))
+    return spans
 
 
 def _split_cjk(token: str, offset: int) -> list[Word]:
