@@ -131,6 +131,7 @@ def recommend(rows: list[dict], max_f1_drop: float, reference: str = EAGER,
         "artifact": best["name"], "backend": best["backend"], "precision": best["precision"],
         "speedup_vs_eager": best["speedup_vs_eager"],
         "f1_change_points": 100 * (best["test_f1"] - eager["test_f1"]),
+        "context": best.get("context"),
         "summary": f"recommended on the {device}: {best['name']} — {trade_off(best, eager)}",
         "reason": f"the fastest of the {len(eligible)} of {len(artifacts)} measured artifacts "
                   f"whose test F1 is within {max_f1_drop:g} points of the eager teacher's "

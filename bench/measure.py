@@ -196,20 +196,26 @@ def _quiet_child() -> None:
 
 def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]],
             test_tags: list[list[str]], latency_texts: list[str],
-            anchor: Candidate | None = None) -> dict:
+            anchor: Candidate | None = None, test_documents: list[int] | None = None
+            ) -> dict:
     """Every number of one report row (in the calling process: run it in a fresh one).
 
     With an `anchor`, its latency rounds alternate with this artifact's in this process,
     and the row carries the anchor's p50 over this artifact's, round by round: a ratio
     that drift on the machine shifts alike on both sides. The anchor is loaded only after
-    the memory peak is read, so the peak stays this artifact's own."""
+    the memory peak is read, so the peak stays this artifact's own. An artifact trained
+    with context tags the test split in its documents (`test_documents`), and the row says
+    what the context costs and gives (`context`)."""
     started = time.perf_counter()
     predictor = load(candidate, settings.threads)
     predictor.max_batch_tokens = settings.batch_tokens
     load_s = time.perf_counter() - started
 
-    predicted = [tags for tags, _ in predictor.tag(test_words)]
+    predicted = [tags for tags, _ in predictor.tag(test_words, test_documents)]
     scores = entity_scores(test_tags, predicted)
+    context = context_cost(predictor, test_words, test_tags, test_documents,
+                           settings.throughput_rounds) \
+        if predictor.encoder.context_tokens and test_documents is not None else None
 
     shape = model_shape(candidate.model_folder)
     # The measured matrix throughput is the CPU's: a GPU row has no floor here.
@@ -244,6 +250,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
         "hidden_size": shape["hidden_size"],
         "test_f1": scores["f1"],
         "test_per_type": {k: v["f1"] for k, v in scores["per_type"].items()},
+        "context": context,
         "p50_ms": float(np.percentile(every, 50)),
         "p90_ms": float(np.percentile(every, 90)),
         "p99_ms": float(np.percentile(every, 99)),
@@ -308,6 +315,33 @@ def throughput(predictor: Predictor, shape: dict, texts: Sequence[str], rounds: 
         "throughput_sentences": len(texts),
         "batched_differs": differing,
     }
+
+
+def context_cost(predictor: Predictor, words: list[list[str]], tags: list[list[str]],
+                 documents: list[int], rounds: int) -> dict:
+    """Test F1 and sentences/s of the split tagged in its documents and each sentence alone
+    (alternating rounds, the speed ratio paired), and the tokens each way reads."""
+    in_context_s, alone_s = [], []
+    for _ in range(rounds):
+        tick = time.perf_counter()
+        in_context = [t for t, _ in predictor.tag(words, documents)]
+        in_context_s.append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        alone = [t for t, _ in predictor.tag(words)]
+        alone_s.append(time.perf_counter() - tick)
+
+    def tokens(with_documents: list[int] | None) -> float:
+        windows = predictor.encoder.encode_all(words, documents=with_documents)
+        return sum(len(w.input_ids) for w in windows) / len(words)
+
+    return {"context_tokens": predictor.encoder.context_tokens,
+            "f1_in_context": entity_scores(tags, in_context)["f1"],
+            "f1_alone": entity_scores(tags, alone)["f1"],
+            "sps_in_context": len(words) / statistics.median(in_context_s),
+            "sps_alone": len(words) / statistics.median(alone_s),
+            "in_context_vs_alone": statistics.median(  # paired: speed in context over alone
+                a / c for a, c in zip(alone_s, in_context_s, strict=True)),
+            "tokens_in_context": tokens(documents), "tokens_alone": tokens(None)}
 
 
 def same_entities(alone: Sequence, batched: Sequence, tolerance: float = 1e-3) -> bool:

@@ -67,6 +67,19 @@ def print_table(result: dict) -> None:
         console.print(f"[bold]{recommendation['summary']}[/]", highlight=False)
         if recommendation["reason"]:
             console.print(f"  {recommendation['reason']}", highlight=False)
+        if recommendation.get("context"):
+            console.print(f"  {context_trade_off(recommendation['context'])}", highlight=False)
+
+
+def context_trade_off(context: dict) -> str:
+    """What reading each sentence in its document costs and gives, in words."""
+    return (f"Read in their documents (up to {context['context_tokens']} tokens of context "
+            f"each side), the test sentences score {100 * context['f1_in_context']:.2f} F1 "
+            f"against {100 * context['f1_alone']:.2f} alone, at "
+            f"{context['sps_in_context']:.0f} sentences/s against {context['sps_alone']:.0f} "
+            f"({context['in_context_vs_alone']:.2f}x the speed): each sentence reads "
+            f"{context['tokens_in_context']:.0f} tokens instead of "
+            f"{context['tokens_alone']:.0f}.")
 
 
 def markdown(result: dict) -> str:
@@ -126,6 +139,8 @@ def markdown(result: dict) -> str:
         if recommendation["reason"]:
             lines += ["", recommendation["reason"][0].upper() + recommendation["reason"][1:]
                       + "."]
+        if recommendation.get("context"):
+            lines += ["", context_trade_off(recommendation["context"])]
     if result["failed"]:
         lines.append("")
     for failure in result["failed"]:

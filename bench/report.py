@@ -114,6 +114,7 @@ def report(config: ReportConfig, command: str) -> int:
     settings = Settings(config.threads, config.batch_tokens, config.warmup,
                         config.latency_rounds, config.throughput_rounds, gemm)
     words, tags = [s.words for s in test], [s.tags for s in test]
+    documents = [s.document for s in test]
     latency_texts = sentence_texts(
         [words[i] for i in evenly_spaced(config.latency_sentences, len(words))])
 
@@ -133,7 +134,7 @@ def report(config: ReportConfig, command: str) -> int:
             paired = anchor if candidate.device == "cpu" and candidate is not anchor else None
             try:
                 row = isolated(measure, candidate, settings, words, tags, latency_texts,
-                               paired)
+                               paired, documents)
             except Exception as error:  # one broken artifact must not sink the report
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 progress.console.print(f"[red]{candidate.name} failed[/]: {message}")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from bench.measure import context_cost
+from bench.render import context_trade_off
 from edgener.cli import commands
 from edgener.predictor import open_predictor
 from edgener.runtime.conll import read_conll
@@ -196,3 +198,23 @@ def test_a_predictor_with_context_reads_each_sentence_in_its_own_text(tokenizer)
     assert sorted(backend.windows) == sorted([[cls, *first_text, sep],
                                               [cls, *ids(tokenizer, ["a", "dog", "barked",
                                                                      "."]), sep]])
+
+
+def test_the_report_says_what_context_costs_and_gives(tokenizer):
+    """A planted model that finds a person only when it sees context: in context every
+    name is found, alone none, and each sentence reads one token more."""
+    def backend(batch):
+        lengths = batch["attention_mask"].sum(axis=1)
+        logits = np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
+        logits[lengths > 3, :, LABELS.index("B-PER")] = 1.0
+        logits[lengths <= 3, :, LABELS.index("O")] = 1.0
+        return logits
+
+    predictor = Predictor(backend, encoder(tokenizer, 64), LABELS)
+    cost = context_cost(predictor, [["john"], ["mary"]], [["B-PER"], ["B-PER"]], [0, 0], 2)
+    assert (cost["f1_in_context"], cost["f1_alone"]) == (1.0, 0.0)
+    assert (cost["tokens_in_context"], cost["tokens_alone"]) == (4, 3)
+    assert cost["sps_in_context"] > 0 and cost["in_context_vs_alone"] > 0
+    said = context_trade_off(cost)
+    assert "score 100.00 F1 against 0.00 alone" in said
+    assert "reads 4 tokens instead of 3" in said
