@@ -20,6 +20,7 @@ from edgener.runtime.encoding import IGNORE_INDEX, Encoder
 from edgener.runtime.inference import word_logits
 from edgener.runtime.predictor import Predictor
 from edgener.runtime.text import sentence_spans, split_words
+from edgener.serve.batcher import Job, document_ids
 from edgener.training.backbone import resolve_model_source
 from tests.conftest import run_module
 from tests.test_cli import edge_ner
@@ -191,7 +192,7 @@ def test_a_predictor_with_context_reads_each_sentence_in_its_own_text(tokenizer)
     assert sorted(backend.windows) == sorted([[cls, *first_text, sep]] * 2 + [
         [cls, *ids(tokenizer, ["a", "dog", "barked", "."]), sep]])  # ...the second alone
     backend.windows.clear()
-    predictor.predict_batch(texts, one_document=True)  # parts of one document
+    predictor.predict_batch(texts, [7, 7])  # parts of one document
     assert all(len(window) == 2 + 11 for window in backend.windows)
     backend.windows.clear()
     Predictor(backend, encoder(tokenizer, 0), LABELS).predict_batch(texts)
@@ -218,3 +219,10 @@ def test_the_report_says_what_context_costs_and_gives(tokenizer):
     said = context_trade_off(cost)
     assert "score 100.00 F1 against 0.00 alone" in said
     assert "reads 4 tokens instead of 3" in said
+
+
+def test_a_request_is_one_document_only_where_it_says_so_and_never_shares_one():
+    def job(count, document=False):
+        return Job([f"text {k}" for k in range(count)], None, 0.0, document)
+
+    assert document_ids([job(2), job(3, True), job(1), job(2, True)]) == [0, 1, 2, 2, 2, 3, 4, 4]

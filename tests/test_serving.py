@@ -189,6 +189,8 @@ def test_health_model_card_metrics_and_openapi(server, invariant_artifact):
     (b"{}", 422, "exactly one of"),
     (b'{"text": "a", "texts": ["b"]}', 422, "exactly one of"),
     (b'{"txt": "a"}', 422, "unknown field 'txt'"),
+    (b'{"text": "a", "document": true}', 422, '"document" must be true or false, and goes'),
+    (b'{"texts": ["a"], "document": 1}', 422, '"document" must be true or false'),
     (b'{"texts": ["ok", "\\ud800"]}', 422, '"texts"[1] is not valid Unicode'),
     (b"[" * 100_000, 413, "--max-body-bytes"),
     (b"[" * 1500, 400, "not valid JSON"),

@@ -66,27 +66,28 @@ class Predictor:
         return [([self.labels[i] for i in path], probabilities)
                 for path, probabilities in decode_all(logits, self.labels)]
 
-    def predict_batch(self, texts: Sequence[str], one_document: bool = False
+    def predict_batch(self, texts: Sequence[str], documents: Sequence[int] | None = None
                       ) -> list[list[Entity]]:
         """The entities of each text. An artifact trained with context reads each sentence
-        of a text with the sentences around it: in its own text, or, with `one_document`,
-        across all the texts, as consecutive parts of one document."""
+        of a text with the sentences around it: in its own text, or across the texts with
+        the same id in `documents` (consecutive parts of one document; None: each text is
+        a document of its own)."""
         words = [split_words(text) for text in texts]
         if self.encoder.context_tokens:
-            tagged = self.tag_in_context(words, one_document)
+            tagged = self.tag_in_context(words, documents or range(len(texts)))
         else:  # each text one run of words, in overlapping windows where it is long
             tagged = self.tag([[w.text for w in ws] for ws in words])
         return [entities(text, ws, tags, probs)
                 for text, ws, (tags, probs) in zip(texts, words, tagged, strict=True)]
 
-    def tag_in_context(self, texts: Sequence[list[Word]], one_document: bool
+    def tag_in_context(self, texts: Sequence[list[Word]], text_documents: Sequence[int]
                        ) -> list[tuple[list[str], list[float]]]:
         spans = [sentence_spans(words) for words in texts]
         sentences, documents = [], []
-        for index, (words, text_spans) in enumerate(zip(texts, spans, strict=True)):
+        for words, text_spans, document in zip(texts, spans, text_documents, strict=True):
             for start, end in text_spans:
                 sentences.append([w.text for w in words[start:end]])
-                documents.append(0 if one_document else index)
+                documents.append(document)
         tagged = iter(self.tag(sentences, documents))
         out = []
         for text_spans in spans:

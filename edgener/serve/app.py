@@ -64,10 +64,10 @@ def create_app(load: Callable[[], Predictor], config: ServeConfig,
             raise ApiError(503, state.load_error or "the model is still loading; retry "
                            "shortly", {"Retry-After": "1"})
         with state.batcher.reading():
-            texts, single = parse_texts(await read_body(request, config.max_body_bytes),
-                                        config)
+            texts, single, document = parse_texts(
+                await read_body(request, config.max_body_bytes), config)
             request.state.texts = len(texts)
-            future = state.batcher.submit(texts)
+            future = state.batcher.submit(texts, document)
         try:
             found = await asyncio.wait_for(asyncio.shield(future), config.timeout_s)
         except asyncio.TimeoutError:

@@ -27,6 +27,19 @@ class Job:
     texts: list[str]
     future: asyncio.Future
     arrived: float  # the event loop's clock
+    document: bool = False  # the texts are parts of one document
+
+
+def document_ids(jobs: list[Job]) -> list[int]:
+    """A document id for each text of the jobs, in order: a request's texts share one where
+    they are parts of one document; no two requests ever share one."""
+    documents, next_id = [], 0
+    for job in jobs:
+        for _ in job.texts:
+            documents.append(next_id)
+            next_id += not job.document
+        next_id += job.document
+    return documents
 
 
 class Batcher:
@@ -64,12 +77,12 @@ class Batcher:
             self.incoming -= 1
             self.arrival.set()
 
-    def submit(self, texts: list[str]) -> asyncio.Future:
+    def submit(self, texts: list[str], document: bool = False) -> asyncio.Future:
         if len(self.queue) >= self.config.max_queue:
             raise ApiError(503, f"the server is busy: {len(self.queue)} requests are waiting "
                                 "for the model; retry shortly", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        job = Job(texts, loop.create_future(), loop.time())
+        job = Job(texts, loop.create_future(), loop.time(), document)
         self.queue.append(job)
         self.metrics.queue_depth.set(len(self.queue))
         self.arrival.set()
@@ -119,10 +132,11 @@ class Batcher:
 
     async def call(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
+        documents = document_ids(jobs)
         tick = time.perf_counter()
         try:
-            results, tokens, unknown = await loop.run_in_executor(self.model_thread,
-                                                                  self.predict, texts)
+            results, tokens, unknown = await loop.run_in_executor(
+                self.model_thread, self.predict, texts, documents)
         except Exception as error:  # the model failed: these requests fail, the server goes on
             log.exception("model call failed")
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -141,11 +155,12 @@ class Batcher:
                 job.future.set_result(results[start:start + len(job.texts)])
             start += len(job.texts)
 
-    def predict(self, texts: list[str]) -> tuple[list[list[Entity]], int, int]:
+    def predict(self, texts: list[str], documents: list[int]
+                ) -> tuple[list[list[Entity]], int, int]:
         """In the model thread: the texts' entities, with the subword tokens they made and
         how many of those the vocabulary does not know."""
         encoder = self.predictor.encoder
         tokens, unknown = encoder.tokens_encoded, encoder.unknown_encoded
-        results = self.predictor.predict_batch(texts)
+        results = self.predictor.predict_batch(texts, documents)
         return (results, encoder.tokens_encoded - tokens,
                 encoder.unknown_encoded - unknown)

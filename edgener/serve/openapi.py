@@ -47,7 +47,13 @@ def openapi_document(config: ServeConfig) -> dict:
                          "properties": {"text": text}},
                         {"type": "object", "required": ["texts"], "additionalProperties": False,
                          "properties": {"texts": {"type": "array", "items": text,
-                                                  "maxItems": config.max_texts}}}]}}}},
+                                                  "maxItems": config.max_texts},
+                                        "document": {
+                                            "type": "boolean", "default": False,
+                                            "description": "the texts are consecutive "
+                                            "parts of one document: an artifact trained "
+                                            "with context reads each with the others "
+                                            "around it"}}}]}}}},
                 "responses": {
                     "200": {"description": "`entities` for `text`, `results` for `texts`",
                             "content": {"application/json": {"schema": {"oneOf": [

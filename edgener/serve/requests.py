@@ -18,9 +18,10 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def parse_texts(body: bytes, config: ServeConfig) -> tuple[list[str], bool]:
-    """The texts of a request body and whether it sent one `text` (else `texts`); an
-    ApiError naming the field for anything else."""
+def parse_texts(body: bytes, config: ServeConfig) -> tuple[list[str], bool, bool]:
+    """The texts of a request body, whether it sent one `text` (else `texts`), and whether
+    its `texts` are parts of one document (`"document": true`); an ApiError naming the
+    field for anything else."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -29,9 +30,13 @@ def parse_texts(body: bytes, config: ServeConfig) -> tuple[list[str], bool]:
         raise ApiError(400, "the body is not valid JSON: nested too deep") from None
     if not isinstance(payload, dict):
         raise ApiError(422, 'the body must be a JSON object with "text" or "texts"')
-    unknown = sorted(set(payload) - {"text", "texts"})
+    unknown = sorted(set(payload) - {"text", "texts", "document"})
     if unknown:
         raise ApiError(422, f"unknown field {unknown[0]!r}: send \"text\" or \"texts\"")
+    document = payload.get("document", False)
+    if not isinstance(document, bool) or (document and "texts" not in payload):
+        raise ApiError(422, '"document" must be true or false, and goes with "texts" (the '
+                            "parts of one document, in order)")
     if ("text" in payload) == ("texts" in payload):
         raise ApiError(422, 'send exactly one of "text" (a string) and "texts" (a list of '
                             "strings)")
@@ -54,7 +59,7 @@ def parse_texts(body: bytes, config: ServeConfig) -> tuple[list[str], bool]:
         except UnicodeEncodeError:  # JSON can escape a lone surrogate; no tokenizer takes it
             raise ApiError(422, f"{where} is not valid Unicode (it holds a lone surrogate "
                                 "escape)") from None
-    return texts, single
+    return texts, single, document
 
 
 async def read_body(request: Request, limit: int) -> bytes:
