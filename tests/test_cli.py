@@ -188,7 +188,8 @@ def test_info_says_what_the_artifact_is(artifacts, tmp_path):  # noqa: F811
     facts = json.loads(result.stdout)
     assert facts["backend"] == "onnxruntime" and facts["precision"] == "int8"
     assert facts["labels"] == LABELS
-    assert facts["encoding"] == {"max_length": 16, "window_overlap": 4, "case_features": False}
+    assert facts["encoding"] == {"max_length": 16, "window_overlap": 4, "case_features": False,
+                                 "context_tokens": 0}
     plain = edge_ner("info", str(artifacts["onnx-int8"]), cwd=tmp_path)
     assert plain.returncode == 0 and "onnxruntime" in plain.stdout
 

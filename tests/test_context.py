@@ -158,6 +158,13 @@ def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, t
     labelled = [line.split()[-1] for line in out.getvalue().splitlines()
                 if line.strip() and not line.startswith("-DOCSTART-")]
     assert labelled == [tag for tags in whole for tag in tags]
+    # `predict --document`: the texts as parts of one document.
+    texts = [" ".join(s.words) for s in sentences[:6]]
+    together = edge_ner("predict", str(folder), *texts, "--document", "--threads", "1",
+                        cwd=tmp_path)
+    assert together.returncode == 0, together.stderr
+    assert [json.loads(line)["entities"] for line in together.stdout.splitlines()] == \
+        [[e.as_dict() for e in found] for found in predictor.predict_batch(texts, [0] * 6)]
 
 def test_raw_text_splits_into_sentences_at_their_ending_punctuation():
     text = 'He said "Hi." Then U.S. troops left! 我爱北京。你好'

@@ -68,6 +68,12 @@ def predict_lines(predictor: Predictor, texts: Iterable[str],
 
 def command_predict(args: argparse.Namespace) -> int:
     predictor = load(args)
+    if args.document:  # one document: every text is read at once, beside the others
+        texts = args.text or list(read_lines(sys.stdin.buffer, "stdin"))
+        found = predictor.predict_batch(texts, [0] * len(texts))
+        for text, entities in zip(texts, found, strict=True):
+            print(json_line(text, entities), flush=True)
+        return 0
     if args.text:
         lines = predict_lines(predictor, args.text)
     else:

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = artifact_command("predict", "entities of texts as JSON lines", command_predict)
     predict.add_argument("text", nargs="*", help="texts to tag; none: one a line from stdin")
+    predict.add_argument("--document", action="store_true",
+                         help="the texts are consecutive parts of one document (an artifact "
+                              "trained with context reads each with the others around it)")
     label = artifact_command("label", "tag a text file (a text a line, JSON lines out) or a "
                              "CoNLL file (the predicted tag as a last column)", command_label)
     label.add_argument("input", help="the file to tag")
