@@ -215,7 +215,7 @@ def measure(candidate: Candidate, settings: Settings, test_words: list[list[str]
     scores = entity_scores(test_tags, predicted)
     context = context_cost(predictor, test_words, test_tags, test_documents,
                            settings.throughput_rounds) \
-        if predictor.encoder.context_tokens and test_documents is not None else None
+        if predictor.encoder.reads_context and test_documents is not None else None
 
     shape = model_shape(candidate.model_folder)
     # The measured matrix throughput is the CPU's: a GPU row has no floor here.
@@ -335,6 +335,7 @@ def context_cost(predictor: Predictor, words: list[list[str]], tags: list[list[s
         return sum(len(w.input_ids) for w in windows) / len(words)
 
     return {"context_tokens": predictor.encoder.context_tokens,
+            "pack_documents": predictor.encoder.pack_documents,
             "f1_in_context": entity_scores(tags, in_context)["f1"],
             "f1_alone": entity_scores(tags, alone)["f1"],
             "sps_in_context": len(words) / statistics.median(in_context_s),

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from edgener.runtime.tags import SCHEMES
-from edgener.training.config import check_at_least, check_choice, check_fraction
+from edgener.training.config import ConfigError, check_at_least, check_choice, check_fraction
 from edgener.training.datasets import DATA_DIR_ENV
 from edgener.training.loop import TrainSettings
 
@@ -29,6 +29,9 @@ class TeacherConfig(TrainSettings):
     # In training each side is left out with the chance context_dropout, so that a lone
     # sentence is still tagged well.
     context_tokens: int = 0
+    # Or the sentences of a document packed into windows as one long text: context at
+    # almost no extra cost (context_dropout then cuts a document's run of sentences).
+    pack_documents: bool = False
     context_dropout: float = 0.0
     train_limit: int | None = None  # first N train sentences (quick mode)
     eval_limit: int | None = None  # first N valid and test sentences (quick mode)
@@ -43,6 +46,9 @@ class TeacherConfig(TrainSettings):
         check_at_least(self, 3, "max_length")  # [CLS], [SEP] and at least one subword
         check_at_least(self, 0, "window_overlap", "context_tokens")
         check_fraction(self, "context_dropout")
+        if self.context_tokens and self.pack_documents:
+            raise ConfigError("context_tokens and pack_documents are two ways to read a "
+                              "sentence in its document: set one")
         check_at_least(self, 1, "train_limit", "eval_limit")
         check_fraction(self, "dropout")
         check_at_least(self, 0, "warn_unknown_share", "max_unknown_share")

@@ -100,7 +100,7 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
     tokenizer = load_tokenizer(source)
     encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
                                         config.window_overlap, config.case_features,
-                                        config.context_tokens)
+                                        config.context_tokens, config.pack_documents)
     coverage = check_coverage(encoder, train_set, config, log)
     set_seed(config.seed)
     model = build_token_classifier(source, labels, config.case_features, config.dropout)

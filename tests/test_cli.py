@@ -189,7 +189,7 @@ def test_info_says_what_the_artifact_is(artifacts, tmp_path):  # noqa: F811
     assert facts["backend"] == "onnxruntime" and facts["precision"] == "int8"
     assert facts["labels"] == LABELS
     assert facts["encoding"] == {"max_length": 16, "window_overlap": 4, "case_features": False,
-                                 "context_tokens": 0}
+                                 "context_tokens": 0, "pack_documents": False}
     plain = edge_ner("info", str(artifacts["onnx-int8"]), cwd=tmp_path)
     assert plain.returncode == 0 and "onnxruntime" in plain.stdout
 

@@ -16,7 +16,7 @@ from bench.render import context_trade_off
 from edgener.cli import commands
 from edgener.predictor import open_predictor
 from edgener.runtime.conll import read_conll
-from edgener.runtime.encoding import IGNORE_INDEX, Encoder
+from edgener.runtime.encoding import IGNORE_INDEX, Encoder, packed
 from edgener.runtime.inference import word_logits
 from edgener.runtime.predictor import Predictor
 from edgener.runtime.text import sentence_spans, split_words
@@ -233,3 +233,64 @@ def test_a_request_is_one_document_only_where_it_says_so_and_never_shares_one():
         return Job([f"text {k}" for k in range(count)], None, 0.0, document)
 
     assert document_ids([job(2), job(3, True), job(1), job(2, True)]) == [0, 1, 2, 2, 2, 3, 4, 4]
+
+
+def packer(tokenizer, max_length=32):
+    return Encoder.from_transformers(tokenizer, LABELS, max_length, 8, False,
+                                     pack_documents=True)
+
+
+def test_runs_of_sentences_are_cut_at_documents_and_by_chance():
+    assert packed([["a"]] * 5, [0, 0, 1, 1, 1]) == [(0, 2), (2, 5)]
+    assert packed([["a"]] * 3, [0, 0, 0], cut_chance=1.0) == [(0, 1), (1, 2), (2, 3)]
+    runs = packed([["a"]] * 400, [0] * 400, cut_chance=0.25, seed=3)
+    assert runs[0][0] == 0 and runs[-1][1] == 400
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+    assert 60 < len(runs) < 140  # about one boundary in four cut
+
+
+def test_packed_sentences_share_windows_and_each_word_is_labelled_once(tokenizer):
+    windows = packer(tokenizer).encode_all(DOC, TAGS, documents=[0, 0, 0])
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert len(windows) == 1
+    assert windows[0].input_ids == [cls, *ids(tokenizer, DOC[0] + DOC[1] + DOC[2]), sep]
+    b_per = LABELS.index("B-PER")
+    assert windows[0].labels == [IGNORE_INDEX, 0, 0, 0, b_per, 0, 0, 0, 0, 0, IGNORE_INDEX]
+    alone = packer(tokenizer).encode_all(DOC, TAGS)  # no documents: each sentence alone
+    assert len(alone) == 3
+
+
+def test_packed_logits_go_back_to_their_own_sentences(tokenizer):
+    calls = []
+
+    def backend(batch):
+        calls.append(batch["input_ids"].shape)
+        return np.stack([batch["input_ids"], -batch["input_ids"]], axis=-1).astype(np.float32)
+
+    logits = word_logits(backend, packer(tokenizer), DOC + DOC, documents=[0, 0, 0, 1, 1, 1])
+    for words, found in zip(DOC + DOC, logits, strict=True):
+        assert found[:, 0].astype(int).tolist() == ids(tokenizer, words)
+    assert sum(shape[0] for shape in calls) == 2  # a window a document
+
+
+def test_label_conll_reads_a_packing_artifact_a_document_at_a_time(tokenizer, monkeypatch):
+    """A planted model that finds a person only in windows longer than a lone sentence's:
+    chunked, the file would lose its documents' windows."""
+    def backend(batch):
+        lengths = batch["attention_mask"].sum(axis=1)
+        logits = np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
+        logits[lengths > 6, :, LABELS.index("B-PER")] = 1.0
+        logits[lengths <= 6, :, LABELS.index("O")] = 1.0
+        return logits
+
+    predictor = Predictor(backend, packer(tokenizer, max_length=64), LABELS)
+    lines = ["-DOCSTART- -X- O", ""]
+    for _ in range(6):
+        lines += ["john B-PER", "ran O", ""]
+    monkeypatch.setattr(commands, "CHUNK_LINES", 2)
+    out = io.StringIO()
+    commands.label_conll(predictor, lines, out)
+    tags = [line.split()[-1] for line in out.getvalue().splitlines()
+            if line.strip() and not line.startswith("-DOCSTART-")]
+    assert tags == ["B-PER"] * 12  # every word in a window of the whole document
+    assert [t for t, _ in predictor.tag([["john", "ran"]])] == [["O", "O"]]  # the control

@@ -8,6 +8,7 @@ import json
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -142,9 +143,12 @@ def label_conll(predictor: Predictor, lines: Iterable[str], out: IO[str]) -> Non
     """Each token line with its predicted tag as a last column (separated as the line's
     columns are); other lines as they were. Read in chunks, each sentence in its document
     where the artifact takes context: the sentences just beyond a chunk's edges are read
-    with it as context, so a chunk edge changes no tag."""
+    with it as context, so a chunk edge changes no tag; an artifact that packs documents
+    into windows reads a document at a time (a file without -DOCSTART- lines whole)."""
     reach = predictor.encoder.context_tokens
-    groups = chunks(documents_of(conll_blocks(lines)), CHUNK_LINES)
+    blocks = documents_of(conll_blocks(lines))
+    groups = (list(document) for _, document in groupby(blocks, key=lambda b: b[2])) \
+        if predictor.encoder.pack_documents else chunks(blocks, CHUNK_LINES)
     pending: deque[list] = deque()  # chunks read, not yet written
     before: list[tuple[list[str], int]] = []  # the last sentences written
     exhausted = False

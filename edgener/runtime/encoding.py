@@ -5,9 +5,13 @@ model's window is split into overlapping windows; every word is *owned* by exact
 window (the one where it sits furthest from an edge), so prediction gives one tag a word
 and no word is ever truncated away.
 
-With `context_tokens`, a sentence is read in its document: its window also holds up to that
-many subword tokens of the sentences before it and after it (whole words, as room allows),
-which the model sees but which take no label and no prediction from this window.
+A sentence can be read in its document, two ways. With `context_tokens`, its window also
+holds up to that many subword tokens of the sentences before it and after it (whole words,
+as room allows), which the model sees but which take no label and no prediction from this
+window: every sentence gets context on both sides, at the cost of reading its neighbours
+again. With `pack_documents`, consecutive sentences of a document are packed into the
+same windows, as one long text: context at almost no extra cost, less of it for the words
+near a window's edge.
 """
 
 from __future__ import annotations
@@ -132,6 +136,7 @@ class Encoder:
         window_overlap: int,
         case_features: bool,
         context_tokens: int = 0,
+        pack_documents: bool = False,
     ):
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.max_length = max_length
@@ -139,6 +144,7 @@ class Encoder:
         self.window_overlap = window_overlap
         self.case_features = case_features
         self.context_tokens = context_tokens
+        self.pack_documents = pack_documents
         self.cls_id, self.sep_id = special.cls, special.sep
         self.pad_id, self.unk_id = special.pad, special.unk
         # Words are encoded one pre-split call at a time, so the padding and truncation a
@@ -156,18 +162,18 @@ class Encoder:
     @classmethod
     def from_transformers(cls, tokenizer, labels: Sequence[str], max_length: int,
                           window_overlap: int, case_features: bool,
-                          context_tokens: int = 0) -> Encoder:
+                          context_tokens: int = 0, pack_documents: bool = False) -> Encoder:
         """From a transformers fast tokenizer (its Rust tokenizer and special ids)."""
         special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id,
                                 tokenizer.pad_token_id, tokenizer.unk_token_id)
         # A copy: transformers resets its own tokenizer's padding and truncation per call.
         return cls(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), special, labels,
-                   max_length, window_overlap, case_features, context_tokens)
+                   max_length, window_overlap, case_features, context_tokens, pack_documents)
 
     @classmethod
     def from_folder(cls, folder: str | Path, labels: Sequence[str], max_length: int,
                     window_overlap: int, case_features: bool,
-                    context_tokens: int = 0) -> Encoder:
+                    context_tokens: int = 0, pack_documents: bool = False) -> Encoder:
         """From a saved tokenizer's tokenizer.json and tokenizer_config.json (the files
         transformers' save_pretrained writes), without transformers."""
         folder = Path(folder)
@@ -187,12 +193,18 @@ class Encoder:
                                      "tokenizer's vocabulary")
             ids[name] = token_id
         return cls(word_piecer, SpecialTokens(**ids), labels, max_length, window_overlap,
-                   case_features, context_tokens)
+                   case_features, context_tokens, pack_documents)
 
     def settings(self) -> dict:
         """What a manifest records, so that a later stage rebuilds the same encoder."""
         return {"max_length": self.max_length, "window_overlap": self.window_overlap,
-                "case_features": self.case_features, "context_tokens": self.context_tokens}
+                "case_features": self.case_features, "context_tokens": self.context_tokens,
+                "pack_documents": self.pack_documents}
+
+    @property
+    def reads_context(self) -> bool:
+        """Whether a sentence's tags depend on the sentences around it."""
+        return bool(self.context_tokens or self.pack_documents)
 
     def subwords(self, words: Sequence[str]) -> list[list[int]]:
         """Subword ids of each word; a word the tokenizer drops entirely becomes [UNK].
@@ -293,7 +305,16 @@ class Encoder:
         id a sentence, in reading order), each sentence is read with the sentences around
         it in its document; without `documents` every sentence stands alone. In training,
         `context_dropout` drops each side's context of a sentence with that chance (seeded),
-        so that the model also learns to tag a lone sentence."""
+        so that the model also learns to tag a lone sentence. With pack_documents, the
+        windows are those of each run of consecutive sentences of one document read as one
+        text (`packed`), each run cut at a sentence boundary with the chance
+        `context_dropout`; their `sentence` is the run's index."""
+        if self.pack_documents and documents is not None:
+            runs = packed(sentences, documents, context_dropout, seed)
+            return self.encode_all(
+                [[w for s in range(a, b) for w in sentences[s]] for a, b in runs],
+                None if tags is None else [[t for s in range(a, b) for t in tags[s]]
+                                           for a, b in runs])
         rng = random.Random(seed)
         windows = []
         for i, words in enumerate(sentences):
@@ -308,6 +329,20 @@ class Encoder:
             windows += self.encode(i, words, tags[i] if tags is not None else None,
                                    before, after)
         return windows
+
+
+def packed(sentences: Sequence[Sequence[str]], documents: Sequence[int],
+           cut_chance: float = 0.0, seed: int = 0) -> list[tuple[int, int]]:
+    """(start, end) sentence indices of each run of consecutive sentences of one document,
+    each boundary inside a document also cut with `cut_chance` (seeded)."""
+    rng = random.Random(seed)
+    runs, start = [], 0
+    for index in range(1, len(sentences) + 1):
+        if index == len(sentences) or documents[index] != documents[index - 1] or \
+                (cut_chance and rng.random() < cut_chance):
+            runs.append((start, index))
+            start = index
+    return runs
 
 
 def neighbours(sentences: Sequence[Sequence[str]], documents: Sequence[int], index: int,

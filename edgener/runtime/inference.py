@@ -12,7 +12,7 @@ import numpy as np
 
 from edgener.runtime.backend import Backend
 from edgener.runtime.decoding import decode_all, softmax
-from edgener.runtime.encoding import Encoder, gather_word_logits, pad_arrays, token_batches
+from edgener.runtime.encoding import Encoder, gather_word_logits, packed, pad_arrays, token_batches
 from edgener.runtime.metrics import entity_scores
 
 # Padded positions per model call (rows x the longest row). Measured on the 2-core test
@@ -29,6 +29,15 @@ def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence
     the windows of all sentences go to the model sorted by length, `max_tokens` padded
     positions a call. With `documents` (a document id a sentence), a sentence is read with
     the sentences around it in its document, where the encoder takes context."""
+    if encoder.pack_documents and documents is not None:  # each run read as one text
+        runs = packed(sentences, documents)
+        texts = [[w for s in range(a, b) for w in sentences[s]] for a, b in runs]
+        found = word_logits(backend, encoder, texts, max_tokens)
+        out = []
+        for (a, b), logits in zip(runs, found, strict=True):
+            offsets = np.cumsum([0] + [len(sentences[s]) for s in range(a, b)])
+            out += [logits[offsets[k]:offsets[k + 1]] for k in range(b - a)]
+        return out
     windows = encoder.encode_all(sentences, documents=documents)
 
     def window_logits():

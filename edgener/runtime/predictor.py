@@ -73,7 +73,7 @@ class Predictor:
         the same id in `documents` (consecutive parts of one document; None: each text is
         a document of its own)."""
         words = [split_words(text) for text in texts]
-        if self.encoder.context_tokens:
+        if self.encoder.reads_context:
             tagged = self.tag_in_context(words, documents or range(len(texts)))
         else:  # each text one run of words, in overlapping windows where it is long
             tagged = self.tag([[w.text for w in ws] for ws in words])

@@ -335,6 +335,9 @@ def input_contract(manifest: dict) -> str:
            f"{encoding['context_tokens']} subword tokens of the sentences before and after "
            "it in its document (a CoNLL file's `-DOCSTART-` documents; its sentences in "
            "order where it has none).\n" if encoding.get("context_tokens") else "")
+        + ("- Context: trained on the sentences of each document packed into windows as one "
+           "text; give it whole paragraphs or documents.\n"
+           if encoding.get("pack_documents") else "")
         +
         f"- Labels (IOB2, in index order): {', '.join(f'`{x}`' for x in labels)}; tags are "
         "decoded under the IOB2 constraints (never `I-X` after `O`).\n"
