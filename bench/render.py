@@ -75,7 +75,8 @@ def context_trade_off(context: dict) -> str:
     """What reading each sentence in its document costs and gives, in words."""
     how = "packed into windows by document" if context.get("pack_documents") else \
         f"up to {context['context_tokens']} tokens of context each side"
-    return (f"Read in their documents ({how}), the test sentences score {100 * context['f1_in_context']:.2f} F1 "
+    return (f"Read in their documents ({how}), the test sentences score "
+            f"{100 * context['f1_in_context']:.2f} F1 "
             f"against {100 * context['f1_alone']:.2f} alone, at "
             f"{context['sps_in_context']:.0f} sentences/s against {context['sps_alone']:.0f} "
             f"({context['in_context_vs_alone']:.2f}x the speed): each sentence reads "
