@@ -176,6 +176,19 @@ def test_raw_text_splits_into_sentences_at_their_ending_punctuation():
     assert sentence_spans([]) == []
 
 
+def person_in_windows_over(tokens: int):
+    """A planted backend that tags every position B-PER in a window longer than `tokens`
+    and O in the others: it finds people only where it sees more than a lone sentence."""
+    def backend(batch):
+        lengths = batch["attention_mask"].sum(axis=1)
+        logits = np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
+        logits[lengths > tokens, :, LABELS.index("B-PER")] = 1.0
+        logits[lengths <= tokens, :, LABELS.index("O")] = 1.0
+        return logits
+
+    return backend
+
+
 class Recorder:
     """A planted backend: remembers every window it is given, tags nothing."""
 
@@ -211,14 +224,7 @@ def test_a_predictor_with_context_reads_each_sentence_in_its_own_text(tokenizer)
 def test_the_report_says_what_context_costs_and_gives(tokenizer):
     """A planted model that finds a person only when it sees context: in context every
     name is found, alone none, and each sentence reads one token more."""
-    def backend(batch):
-        lengths = batch["attention_mask"].sum(axis=1)
-        logits = np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
-        logits[lengths > 3, :, LABELS.index("B-PER")] = 1.0
-        logits[lengths <= 3, :, LABELS.index("O")] = 1.0
-        return logits
-
-    predictor = Predictor(backend, encoder(tokenizer, 64), LABELS)
+    predictor = Predictor(person_in_windows_over(3), encoder(tokenizer, 64), LABELS)
     cost = context_cost(predictor, [["john"], ["mary"]], [["B-PER"], ["B-PER"]], [0, 0], 2)
     assert (cost["f1_in_context"], cost["f1_alone"]) == (1.0, 0.0)
     assert (cost["tokens_in_context"], cost["tokens_alone"]) == (4, 3)
@@ -276,14 +282,8 @@ def test_packed_logits_go_back_to_their_own_sentences(tokenizer):
 def test_label_conll_reads_a_packing_artifact_a_document_at_a_time(tokenizer, monkeypatch):
     """A planted model that finds a person only in windows longer than a lone sentence's:
     chunked, the file would lose its documents' windows."""
-    def backend(batch):
-        lengths = batch["attention_mask"].sum(axis=1)
-        logits = np.zeros((*batch["input_ids"].shape, len(LABELS)), np.float32)
-        logits[lengths > 6, :, LABELS.index("B-PER")] = 1.0
-        logits[lengths <= 6, :, LABELS.index("O")] = 1.0
-        return logits
-
-    predictor = Predictor(backend, packer(tokenizer, max_length=64), LABELS)
+    predictor = Predictor(person_in_windows_over(6), packer(tokenizer, max_length=64),
+                          LABELS)
     lines = ["-DOCSTART- -X- O", ""]
     for _ in range(6):
         lines += ["john B-PER", "ran O", ""]

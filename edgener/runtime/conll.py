@@ -34,8 +34,8 @@ def read_conll(path: str | Path) -> list[Sentence]:
     """Read one CoNLL-style file: token first, tag last, blank lines between sentences.
 
     Columns may be separated by spaces or tabs; a -DOCSTART- line starts a new document
-    (`Sentence.document`). Raises
-    DataError naming the file and line for anything it cannot read faithfully.
+    (`Sentence.document`). Raises DataError naming the file and line for anything it cannot
+    read faithfully.
     """
     path = Path(path)
     raw = path.read_bytes()

@@ -274,12 +274,11 @@ class Encoder:
                tags: Sequence[str] | None, spec: WindowSpec,
                left: Sequence[tuple[list[int], int]] = (),
                right: Sequence[tuple[list[int], int]] = ()) -> Window:
-        input_ids, types, labels, owned = [self.cls_id], [0], [IGNORE_INDEX], [-1]
+        input_ids, types = [self.cls_id], [0]
         for ids, case in left:
             input_ids += ids
             types += [case] * len(ids)
-        labels += [IGNORE_INDEX] * (len(input_ids) - len(labels))
-        owned += [-1] * (len(input_ids) - len(owned))
+        labels, owned = [IGNORE_INDEX] * len(input_ids), [-1] * len(input_ids)
         for w in range(spec.start, spec.end):
             ids = pieces[w][: self.max_tokens]
             input_ids += ids
@@ -311,10 +310,8 @@ class Encoder:
         `context_dropout`; their `sentence` is the run's index."""
         if self.pack_documents and documents is not None:
             runs = packed(sentences, documents, context_dropout, seed)
-            return self.encode_all(
-                [[w for s in range(a, b) for w in sentences[s]] for a, b in runs],
-                None if tags is None else [[t for s in range(a, b) for t in tags[s]]
-                                           for a, b in runs])
+            return self.encode_all(joined(sentences, runs),
+                                   None if tags is None else joined(tags, runs))
         rng = random.Random(seed)
         windows = []
         for i, words in enumerate(sentences):
@@ -343,6 +340,12 @@ def packed(sentences: Sequence[Sequence[str]], documents: Sequence[int],
             runs.append((start, index))
             start = index
     return runs
+
+
+def joined(items: Sequence[Sequence[str]], runs: Sequence[tuple[int, int]]
+           ) -> list[list[str]]:
+    """The items of each (start, end) run of sentences, one list a run."""
+    return [[item for s in range(a, b) for item in items[s]] for a, b in runs]
 
 
 def neighbours(sentences: Sequence[Sequence[str]], documents: Sequence[int], index: int,

@@ -12,7 +12,14 @@ import numpy as np
 
 from edgener.runtime.backend import Backend
 from edgener.runtime.decoding import decode_all, softmax
-from edgener.runtime.encoding import Encoder, gather_word_logits, packed, pad_arrays, token_batches
+from edgener.runtime.encoding import (
+    Encoder,
+    gather_word_logits,
+    joined,
+    packed,
+    pad_arrays,
+    token_batches,
+)
 from edgener.runtime.metrics import entity_scores
 
 # Padded positions per model call (rows x the longest row). Measured on the 2-core test
@@ -31,8 +38,7 @@ def word_logits(backend: Backend, encoder: Encoder, sentences: Sequence[Sequence
     the sentences around it in its document, where the encoder takes context."""
     if encoder.pack_documents and documents is not None:  # each run read as one text
         runs = packed(sentences, documents)
-        texts = [[w for s in range(a, b) for w in sentences[s]] for a, b in runs]
-        found = word_logits(backend, encoder, texts, max_tokens)
+        found = word_logits(backend, encoder, joined(sentences, runs), max_tokens)
         out = []
         for (a, b), logits in zip(runs, found, strict=True):
             offsets = np.cumsum([0] + [len(sentences[s]) for s in range(a, b)])
