@@ -22,6 +22,7 @@ RANKS = {
     "edgener.predictor": 2,
     "edgener.training": 3,
     "edgener.serve": 3,
+    "edgener.labelling": 3,
     "edgener.cli": 4,
     "pretrain": 5,
     "teacher": 5,

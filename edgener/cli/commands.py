@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -199,7 +200,18 @@ def near(sentences: list[tuple[list[str], int]], words: int) -> list[tuple[list[
 
 
 def command_label(args: argparse.Namespace) -> int:
-    path = Path(args.input)
+    from edgener.labelling.job import is_table_input
+
+    if (args.engine != "local" or args.format == "parquet" or len(args.input) > 1
+            or is_table_input(args.input[0]) or (args.output and names_a_folder(args.output))):
+        if not args.output:
+            raise UserError("name a folder for the labelled files with --output DIR")
+        from edgener.labelling.command import label_files
+
+        return label_files(args)
+    if args.workers or args.address:
+        raise UserError("--workers and --address are for --engine ray")
+    path = Path(args.input[0])
     if not path.is_file():
         raise UserError(f"no input file at {path}")
     if args.output and Path(args.output).resolve() == path.resolve():
@@ -221,6 +233,12 @@ def command_label(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def names_a_folder(output: str) -> bool:
+    """An existing folder, a name ending in a slash or a name without a suffix
+    (`labelled/`, `labelled`) is a folder; `labelled.jsonl` is a file."""
+    return output.endswith(("/", os.sep)) or Path(output).is_dir() or not Path(output).suffix
 
 
 def read_lines(raw: IO[bytes], name: str,

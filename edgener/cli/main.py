@@ -54,6 +54,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgener.labelling.job import SHARD_ROWS
     from edgener.runtime.inference import BATCH_TOKENS
 
     parser = argparse.ArgumentParser(
@@ -78,13 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--document", action="store_true",
                          help="the texts are consecutive parts of one document (an artifact "
                               "trained with context reads each with the others around it)")
-    label = artifact_command("label", "tag a text file (a text a line, JSON lines out) or a "
-                             "CoNLL file (the predicted tag as a last column)", command_label)
-    label.add_argument("input", help="the file to tag")
-    label.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
-                       help="jsonl: a text a line in, JSON lines out; conll: a token a line "
-                       "in, the same lines with the predicted tag appended out")
-    label.add_argument("--output", help="write here (default: stdout)")
+    label = artifact_command(
+        "label", "tag files: a text file (a text a line, JSON lines out) or a CoNLL file (the "
+        "predicted tag as a last column); or Parquet, JSON Lines and text files, globs and "
+        "object-store URLs into a folder, each row with its entities, resumable (--output "
+        "DIR)", command_label)
+    label.add_argument("input", nargs="+", help="the files to tag")
+    label.add_argument("--format", choices=("jsonl", "conll", "parquet"), default="jsonl",
+                       help="jsonl: JSON lines out; conll: a CoNLL file in, the same lines "
+                       "with the predicted tag appended out; parquet: Parquet files in DIR")
+    label.add_argument("--output", help="write here (default: stdout); a folder (a name "
+                       "without a suffix, or ending in /) gets a file a shard, resumable; "
+                       "Parquet or JSON Lines inputs, several inputs or --engine ray need one")
+    label.add_argument("--column", default="text",
+                       help="the column (JSON field) holding the text (default: text)")
+    label.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process; ray: Ray Data's actors, on a local "
+                       "instance or the cluster at --address (needs edge-ner[ray])")
+    label.add_argument("--workers", type=positive_int, default=None,
+                       help="Ray actors, each loading the model once (default: the "
+                       "cluster's CPUs over --threads)")
+    label.add_argument("--address", default=None,
+                       help="a Ray cluster to join (auto: the one this node belongs to; "
+                       "default: start one on this machine)")
+    label.add_argument("--shard-rows", type=positive_int, default=SHARD_ROWS, metavar="N",
+                       help=f"rows a shard (default {SHARD_ROWS:,}): an output file each, "
+                       "the work a rerun after a crash may redo")
     evaluate = artifact_command("evaluate", "entity precision, recall and F1 on labelled data",
                                 command_evaluate)
     evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")

@@ -29,6 +29,7 @@ EXTRA_OF_MODULE = {
     "torch_tensorrt": "tensorrt", "tensorrt": "tensorrt",
     "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
     "jieba": "zh",
+    "pyarrow": "parquet", "ray": "ray",
 }
 
 
