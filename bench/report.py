@@ -69,7 +69,7 @@ from edgener.training.config import (
     preset_path,
     stage_parser,
 )
-from edgener.training.datasets import load_dataset, recorded_dataset
+from edgener.training.datasets import load_recorded_dataset
 from edgener.training.publish import machine
 from edgener.training.stage import run_stage
 
@@ -101,7 +101,7 @@ def report(config: ReportConfig, command: str) -> int:
                           "reference)")
     run_dir = Path(config.runs_dir) / config.run
     teacher = read_manifest(run_dir / "teacher", "teacher", "make teacher")
-    dataset = load_dataset(config.dataset or recorded_dataset(teacher), config.data_dir)
+    dataset = load_recorded_dataset(teacher, config.dataset, config.data_dir)
     test = dataset.split("test")[: config.test_limit]
     candidates = find_candidates(run_dir, config)
     console.print(f"[bold]report[/]: {len(candidates)} rows from {run_dir}; F1 on "

@@ -32,7 +32,7 @@ from edgener.training.config import (
     run_path,
     stage_parser,
 )
-from edgener.training.datasets import load_dataset, recorded_dataset
+from edgener.training.datasets import load_recorded_dataset
 from edgener.training.loop import (
     Processes,
     TokenClassifierStep,
@@ -78,7 +78,7 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     log(f"[bold]distill[/]: preset [cyan]{preset}[/]; teacher {describe_model(teacher)['layers']}"
         f" layers x {teacher.config.hidden_size}, test F1 {teacher_test_f1:.4f}")
 
-    dataset = load_dataset(config.dataset or recorded_dataset(teacher_manifest), config.data_dir)
+    dataset = load_recorded_dataset(teacher_manifest, config.dataset, config.data_dir)
     if dataset.labels != labels:
         raise ConfigError(f"dataset {dataset.source} has labels {dataset.labels}, but the "
                           f"teacher was trained on {labels}")

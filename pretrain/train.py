@@ -111,7 +111,8 @@ def pretrain(config: PretrainConfig, preset: str, processes: Processes, fresh: b
         + ("" if config.mode == "scratch" else f" from {config.model}"))
 
     # The text
-    dataset = load_dataset(config.dataset, config.data_dir)
+    # Only the words count here: a span off word boundaries is widened, not refused.
+    dataset = load_dataset(config.dataset, config.data_dir, snap_spans=True)
     if config.corpus:
         lines = read_corpus(locate(config.corpus, config.data_dir), config.corpus_limit)
     else:

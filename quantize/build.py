@@ -44,7 +44,7 @@ from edgener.training.config import (
     run_path,
     stage_parser,
 )
-from edgener.training.datasets import load_dataset, recorded_dataset
+from edgener.training.datasets import load_recorded_dataset
 from edgener.training.publish import fingerprint, machine, make_manifest, seal_folder
 from quantize import ort_quant
 from quantize.config import GPU_VARIANTS, QuantizeConfig
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m quantize") -> int
 def quantize(config: QuantizeConfig, fresh: bool) -> int:
     run_dir = run_path(config.runs_dir, config.run)
     sources = find_models(run_dir, config.models)
-    recorded = recorded_dataset(read_json(sources[0][1] / MANIFEST))
-    dataset = load_dataset(config.dataset or recorded, config.data_dir)
+    dataset = load_recorded_dataset(read_json(sources[0][1] / MANIFEST), config.dataset,
+                                    config.data_dir)
     splits = {"train": dataset.split("train"),
               "valid": dataset.split("valid")[: config.eval_limit],
               "test": dataset.split("test")[: config.eval_limit]}

@@ -18,6 +18,9 @@ class TeacherConfig(TrainSettings):
     dataset: str = "conll2003"  # folder, name under data_dir, or hub dataset
     data_dir: str | None = field(default_factory=lambda: os.environ.get(DATA_DIR_ENV))
     tag_scheme: str = "auto"  # auto, iob1, iob2 or bioes; converted to IOB2
+    # Span files (doccano, Label Studio, CLUENER): widen a span that does not fall on the
+    # runtime's word boundaries to whole words, counted in the summary (else an error)
+    snap_spans: bool = False
     run: str | None = None  # None: the dataset's name (a dataset folder's name)
     runs_dir: str = "runs"
     # Inputs

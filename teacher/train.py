@@ -89,13 +89,16 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
         return 0
 
     # Data and model
-    dataset = load_dataset(config.dataset, config.data_dir, config.tag_scheme)
+    dataset = load_dataset(config.dataset, config.data_dir, config.tag_scheme,
+                           config.snap_spans)
     train_set = dataset.split("train")[: config.train_limit]
     valid_set = dataset.split("valid")[: config.eval_limit]
     test_set = dataset.split("test")[: config.eval_limit]
     labels = dataset.labels
     log(f"data: {dataset.source}: {len(train_set)} train, {len(valid_set)} valid, "
         f"{len(test_set)} test sentences; {len(labels)} labels")
+    for split, summary in dataset.span_summaries().items():
+        log(f"{split} spans: {summary}")
     source = backbone_source(config.model, run_dir)
     tokenizer = load_tokenizer(source)
     encoder = Encoder.from_transformers(tokenizer, labels, config.max_length,
@@ -174,7 +177,9 @@ def publish(config, config_id, preset, model, tokenizer, encoder, labels, datase
         labels=labels,
         encoding=encoder.settings(),
         dataset={"name": dataset.name, "source": dataset.source, "files": dataset.files,
-                 "train_sentences": config.train_limit, "eval_sentences": config.eval_limit},
+                 "train_sentences": config.train_limit, "eval_sentences": config.eval_limit,
+                 **({"snap_spans": dataset.snap_spans, "spans": dataset.span_summaries()}
+                    if dataset.span_counts else {})},
         valid_f1=metrics["valid"]["f1"],
         test_f1=metrics["test"]["f1"],
         vocabulary_coverage={"train": coverage.as_dict()},

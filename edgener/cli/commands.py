@@ -225,6 +225,8 @@ def command_label(args: argparse.Namespace) -> int:
             lines = read_lines(raw, path.name, progress.advance)
             if args.format == "conll":
                 label_conll(predictor, lines, out)
+            elif args.format in ("doccano", "label-studio"):
+                label_for_tool(predictor, lines, out, args.format, Path(args.artifact).name)
             else:
                 for line in predict_lines(predictor, lines):
                     out.write(line + "\n")
@@ -233,6 +235,24 @@ def command_label(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def label_for_tool(predictor: Predictor, lines: Iterable[str], out: IO[str], shape: str,
+                   model: str) -> None:
+    """Pre-annotations an annotation tool imports: doccano's JSON lines, or Label Studio's
+    JSON list of tasks (written as it goes: opened, a task a line, closed)."""
+    from edgener.runtime.spans import as_record
+
+    separator = "[\n" if shape == "label-studio" else ""
+    for batch in chunks(lines, CHUNK_LINES):
+        for text, found in zip(batch, predictor.predict_batch(batch), strict=True):
+            record = as_record(text, [e.as_dict() for e in found], shape, model)
+            out.write(separator + json.dumps(record, ensure_ascii=False))
+            separator = ",\n" if shape == "label-studio" else "\n"
+    if shape == "label-studio":
+        out.write("\n]\n" if separator != "[\n" else "[]\n")
+    elif separator:
+        out.write("\n")
 
 
 def names_a_folder(output: str) -> bool:
@@ -258,14 +278,15 @@ def read_lines(raw: IO[bytes], name: str,
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from edgener.runtime.conll import find_split_file, read_conll
+    from edgener.runtime.conll import find_split_file
     from edgener.runtime.coverage import vocabulary_coverage
     from edgener.runtime.metrics import entity_scores
+    from edgener.runtime.spans import read_labelled
     from edgener.runtime.tags import detect_scheme, to_iob2
 
     data = Path(args.data)
     path = find_split_file(data, args.split) if data.is_dir() else data
-    sentences = read_conll(path)
+    sentences, span_counts = read_labelled(path, args.snap_spans)
     scheme = detect_scheme([s.tags for s in sentences])
     gold = [to_iob2(s.tags, scheme) for s in sentences]
     predictor = load(args)
@@ -274,13 +295,17 @@ def command_evaluate(args: argparse.Namespace) -> int:
     scores = entity_scores(gold, predicted)
     coverage = vocabulary_coverage(predictor.encoder, [s.words for s in sentences])
     if args.json:
+        spans = {"spans": span_counts.summary()} if span_counts else {}
         print(json.dumps({"data": str(path), "sentences": len(sentences), **scores,
-                          "vocabulary": coverage.as_dict()}, indent=2, ensure_ascii=False))
+                          "vocabulary": coverage.as_dict(), **spans}, indent=2,
+                         ensure_ascii=False))
         return 0
     get_console().print(scores_table(scores, f"{args.artifact} on {path} "
                                              f"({len(sentences)} sentences)"))
     get_console().print(f"vocabulary: {coverage.describe()}", highlight=False,
                         soft_wrap=True)
+    if span_counts:
+        get_console().print(f"spans: {span_counts.summary()}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "object-store URLs into a folder, each row with its entities, resumable (--output "
         "DIR)", command_label)
     label.add_argument("input", nargs="+", help="the files to tag")
-    label.add_argument("--format", choices=("jsonl", "conll", "parquet"), default="jsonl",
+    label.add_argument("--format", choices=("jsonl", "conll", "doccano", "label-studio",
+                                            "parquet"), default="jsonl",
                        help="jsonl: JSON lines out; conll: a CoNLL file in, the same lines "
-                       "with the predicted tag appended out; parquet: Parquet files in DIR")
+                       "with the predicted tag appended out; doccano, label-studio: "
+                       "pre-annotations the tool imports; parquet: Parquet files in DIR")
     label.add_argument("--output", help="write here (default: stdout); a folder (a name "
                        "without a suffix, or ending in /) gets a file a shard, resumable; "
                        "Parquet or JSON Lines inputs, several inputs or --engine ray need one")
@@ -107,9 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "the work a rerun after a crash may redo")
     evaluate = artifact_command("evaluate", "entity precision, recall and F1 on labelled data",
                                 command_evaluate)
-    evaluate.add_argument("data", help="a CoNLL file, or a dataset folder (its --split file)")
+    evaluate.add_argument("data", help="a CoNLL file, an annotation tool's JSON (Lines) with "
+                          "character spans, or a dataset folder (its --split file)")
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    evaluate.add_argument("--snap-spans", action="store_true",
+                          help="span files: widen a span off word boundaries to whole words "
+                          "(else an error)")
     serve = artifact_command("serve", "serve an artifact over HTTP: POST /v1/entities, "
                              "/healthz, /v1/model, /metrics, /openapi.json (needs "
                              "edge-ner[serve])", command_serve)

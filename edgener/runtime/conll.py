@@ -8,10 +8,12 @@ from pathlib import Path
 from edgener.runtime.errors import UserError
 from edgener.runtime.tags import is_valid_tag
 
+# CoNLL files, or the JSON (Lines) of an annotation tool (edgener.runtime.spans).
 SPLIT_FILES = {
-    "train": ("train.txt", "train"),
-    "valid": ("valid.txt", "valid", "dev.txt", "dev"),
-    "test": ("test.txt", "test"),
+    "train": ("train.txt", "train", "train.jsonl", "train.json"),
+    "valid": ("valid.txt", "valid", "dev.txt", "dev", "valid.jsonl", "valid.json",
+              "dev.jsonl", "dev.json"),
+    "test": ("test.txt", "test", "test.jsonl", "test.json"),
 }
 
 

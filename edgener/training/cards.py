@@ -161,6 +161,9 @@ def made_from(manifest: dict) -> str:
     dataset = manifest.get("dataset") or {}
     if dataset.get("name"):
         lines.append(f"Data: {dataset_name(manifest)} (`{dataset.get('source', '?')}`).")
+    for split, summary in (dataset.get("spans") or {}).items():
+        lines.append(f"Character spans of the {split} file, as the runtime splits words: "
+                     f"{summary}.")
     return "## What it was made from\n\n" + "\n".join(f"- {line}" for line in lines) \
         if lines else ""
 

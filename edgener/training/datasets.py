@@ -7,10 +7,11 @@ import os
 import socket
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgener.runtime.conll import SPLIT_FILES, DataError, Sentence, find_split_file, read_conll
+from edgener.runtime.conll import SPLIT_FILES, DataError, Sentence, find_split_file
+from edgener.runtime.spans import SpanCounts, read_labelled
 from edgener.runtime.tags import SCHEMES, detect_scheme, to_iob2
 
 DATA_DIR_ENV = "EDGE_NER_DATA_DIR"
@@ -24,6 +25,13 @@ class Dataset:
     labels: list[str]
     splits: dict[str, list[Sentence]]
     files: dict[str, str]
+    # Span files (an annotation tool's JSON): whether spans off word boundaries were widened,
+    # and what reading each split changed.
+    snap_spans: bool = False
+    span_counts: dict[str, SpanCounts] = field(default_factory=dict)
+
+    def span_summaries(self) -> dict[str, str]:
+        return {split: counts.summary() for split, counts in self.span_counts.items()}
 
     def split(self, name: str) -> list[Sentence]:
         return self.splits[name]
@@ -38,8 +46,13 @@ def resolve_dataset_dir(dataset: str, data_dir: str | None) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto") -> Dataset:
+def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto",
+                 snap_spans: bool = False) -> Dataset:
     """Load train/valid/test as IOB2 sentences with the label set taken from train.
+
+    A folder holds CoNLL files or an annotation tool's JSON (Lines) with character spans;
+    `snap_spans` widens a span that does not fall on word boundaries to whole words (else
+    it is a DataError).
 
     A name that is neither a folder nor found under the data dir is looked up on the
     Hugging Face hub (needs network access); with HF_HUB_OFFLINE or HF_DATASETS_OFFLINE
@@ -50,10 +63,13 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     folder = resolve_dataset_dir(dataset, data_dir)
     if folder is not None:
         files = {split: find_split_file(folder, split) for split in SPLIT_FILES}
-        splits = {split: read_conll(path) for split, path in files.items()}
+        read = {split: read_labelled(path, snap_spans) for split, path in files.items()}
+        splits = {split: sentences for split, (sentences, _) in read.items()}
+        span_counts = {split: counts for split, (_, counts) in read.items() if counts}
         source = str(folder.resolve())
     else:
         splits, files, source = _load_hub_dataset(dataset, data_dir)
+        span_counts = {}
     if scheme == "auto":
         scheme = detect_scheme([s.tags for s in splits["train"]])
     for sentences in splits.values():
@@ -62,7 +78,8 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     labels = label_set(splits["train"])
     for split in ("valid", "test"):
         check_known_tags(splits[split], labels, str(files[split]))
-    return Dataset(dataset, source, labels, splits, {k: str(v) for k, v in files.items()})
+    return Dataset(dataset, source, labels, splits, {k: str(v) for k, v in files.items()},
+                   snap_spans, span_counts)
 
 
 def recorded_dataset(manifest: dict) -> str:
@@ -70,6 +87,14 @@ def recorded_dataset(manifest: dict) -> str:
     folder while it still exists, else the recorded name (looked up under the data dir)."""
     recorded = manifest["dataset"]
     return recorded["source"] if Path(recorded["source"]).is_dir() else recorded["name"]
+
+
+def load_recorded_dataset(manifest: dict, dataset: str | None, data_dir: str | None
+                          ) -> Dataset:
+    """The dataset a published model was trained on (or `dataset`, where given), read as
+    its teacher read it."""
+    return load_dataset(dataset or recorded_dataset(manifest), data_dir,
+                        snap_spans=manifest["dataset"].get("snap_spans", False))
 
 
 def label_set(sentences: list[Sentence]) -> list[str]:
@@ -83,9 +108,10 @@ def check_known_tags(sentences: list[Sentence], labels: list[str], filename: str
     known = set(labels)
     for sentence in sentences:
         lines = sentence.lines or [0] * len(sentence.tags)
-        for tag, line in zip(sentence.tags, lines, strict=True):
+        for word, tag, line in zip(sentence.words, sentence.tags, lines, strict=True):
             if tag not in known:
-                raise DataError(f"{filename}:{line}: tag {tag!r} does not occur in train")
+                raise DataError(f"{filename}:{line}: tag {tag!r} (on {word!r}) does not "
+                                "occur in train")
 
 
 def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
