@@ -389,16 +389,23 @@ def test_missing_dataset_name_under_env_data_dir_goes_to_hub(tmp_path, monkeypat
     datasets = pytest.importorskip("datasets")
     make_dataset(tmp_path / "datasets" / "present")
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "datasets"))
+    # `make test` runs offline; this test is about the online branch.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    asked = []
 
-    def offline(name, *args, **kwargs):
-        raise OSError(f"cannot reach the hub for {name}\nmore detail")
+    def hub_without_it(name, *args, **kwargs):
+        asked.append(name)
+        raise OSError(f"the hub has no {name}\nmore detail")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets, "load_dataset", hub_without_it)
     monkeypatch.setattr(datasets_module, "hub_unreachable", lambda: None)  # it answers
     with pytest.raises(DataError) as info:
         load_dataset("absent")
-    assert "'absent'" in str(info.value)
-    assert str(tmp_path / "datasets") in str(info.value)
+    assert asked == ["absent"]
+    message = str(info.value)
+    assert "'absent'" in message and str(tmp_path / "datasets") in message
+    assert message.endswith("could not provide it: the hub has no absent")  # first line only
 
 
 def test_a_leading_byte_order_mark_is_not_part_of_the_first_token(tmp_path):
