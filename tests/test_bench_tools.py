@@ -45,11 +45,26 @@ def test_the_worker_reports_its_own_peak_memory_and_speeds(artifacts, tmp_path):
                   "1", "2"])
 
 
-def test_cold_start_waits_for_the_first_entities(artifacts, tmp_path):  # noqa: F811
+def planted_env(root: Path, script: str) -> Path:
+    """An environment whose `edge-ner` is a shell script."""
+    command = root / "bin" / "edge-ner"
+    command.parent.mkdir(parents=True)
+    command.write_text("#!/bin/sh\n" + script, encoding="utf-8")
+    command.chmod(0o755)
+    return root
+
+
+def test_cold_start_waits_for_the_first_entities_not_for_the_exit(artifacts, tmp_path):  # noqa: F811,E501
     seconds = cold_start(Path(sys.prefix), artifacts["onnx-fp32"], threads=1)
     assert 0 < seconds < 60
     with pytest.raises(RuntimeError, match="edge-ner predict failed"):
         cold_start(Path(sys.prefix), tmp_path / "nothing", threads=1)
+    # Entities after 1.5 s of loading: the wait is counted ...
+    slow = planted_env(tmp_path / "slow", 'sleep 1.5\necho \'{"entities": []}\'\n')
+    assert 1.5 <= cold_start(slow, tmp_path, threads=1) < 10
+    # ... the time the process takes to exit after them is not.
+    lingering = planted_env(tmp_path / "lingering", 'echo \'{"entities": []}\'\nsleep 2\n')
+    assert cold_start(lingering, tmp_path, threads=1) < 1.5
 
 
 def test_folder_size_counts_a_linked_file_once(tmp_path):

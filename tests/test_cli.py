@@ -5,6 +5,7 @@ and transformers unimportable."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,39 @@ def test_the_lean_path_tags_as_the_transformers_tokenizer_path(artifacts):  # no
     texts = TEXTS + ["Zoë ＡＢＣ café naïve \u00a0 Æsir ﬁnance", "x" * 300, "İstanbul ǅemal"]
     assert lean.predict_batch(texts) == full.predict_batch(texts)
     assert sum(map(len, lean.predict_batch(texts))) > 0
+
+
+def test_error_paths_of_label_info_and_evaluate_are_one_line(artifacts, tmp_path):  # noqa: F811
+    artifact = artifacts["onnx-int8"]
+
+    def one_line_error(*args: str) -> str:
+        result = edge_ner(*args, cwd=tmp_path)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        return result.stderr
+
+    assert "no input file at nothing.txt" in one_line_error("label", str(artifact), "nothing.txt")
+    assert "no input at nothing.jsonl" in one_line_error(
+        "label", str(artifact), "nothing.jsonl", "--output", "out")
+    unrecorded = tmp_path / "unrecorded"
+    shutil.copytree(artifact, unrecorded)
+    manifest = json.loads((unrecorded / "manifest.json").read_text())
+    manifest.pop("files", None)
+    (unrecorded / "manifest.json").write_text(json.dumps(manifest))
+    assert "records no file hashes" in one_line_error("info", str(unrecorded), "--verify")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(artifact, corrupt)
+    (corrupt / "metrics.json").write_text("{bad", encoding="utf-8")
+    assert f"{corrupt}/metrics.json is corrupt" in one_line_error("info", str(corrupt))
+    # --split picks the file of a dataset folder: dev.txt for valid; a split it lacks is named.
+    data = tmp_path / "data"
+    data.mkdir()
+    sentences = [(["Angela", "Merkel", "visited", "Paris"], ["B-PER", "I-PER", "O", "B-LOC"])]
+    conll_file(data / "dev.txt", sentences)
+    scored = edge_ner("evaluate", str(artifact), str(data), "--split", "valid", "--json",
+                      cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads(scored.stdout)
+    assert report["data"] == str(data / "dev.txt") and report["sentences"] == 1
+    assert "no test file (looked for test.txt" in one_line_error("evaluate", str(artifact),
+                                                                 str(data))

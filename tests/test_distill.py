@@ -552,6 +552,16 @@ def teacher_copy(distill_run, tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def one_student_reference(distill_run, tmp_path_factory, conll_dir) -> dict:
+    """The metrics of S1 distilled alone, uninterrupted, in one process."""
+    workdir = tmp_path_factory.mktemp("one-student")
+    shutil.copytree(distill_run[0] / "runs" / "d" / "teacher", workdir / "runs" / "d" / "teacher")
+    result = run_module("distill", *one_student_args(workdir, conll_dir, "d"), cwd=workdir)
+    assert_exit_0(result)
+    return read(workdir / "runs/d/students/S1/metrics.json")
+
+
 @pytest.mark.slow
 def test_unlabeled_text_adds_soft_labelled_windows(teacher_copy, conll_dir):
     text = teacher_copy / "extra.txt"
@@ -627,7 +637,7 @@ def test_student_pruned_from_a_distilled_one(teacher_copy, conll_dir):
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(teacher_copy, conll_dir):
+def test_torchrun_two_cpu_processes(teacher_copy, conll_dir, one_student_reference):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", "29519")
     result = run_module("distill", *one_student_args(teacher_copy, conll_dir, "d"),
@@ -635,11 +645,14 @@ def test_torchrun_two_cpu_processes(teacher_copy, conll_dir):
     assert_exit_0(result)
     metrics = read(teacher_copy / "runs/d/students/S1/metrics.json")
     assert metrics["processes"] == 2
+    # The global batch is split between the processes, not multiplied: the same steps.
+    assert metrics["steps"] == one_student_reference["steps"]
     assert 0.0 <= metrics["test"]["f1"] <= 1.0
 
 
 @pytest.mark.slow
-def test_killed_distillation_resumes(teacher_copy, conll_dir):
+def test_killed_distillation_resumes_to_the_uninterrupted_result(teacher_copy, conll_dir,
+                                                                 one_student_reference):
     args = one_student_args(teacher_copy, conll_dir, "d")
     checkpoint = teacher_copy / "runs/d/.students-work/S1/checkpoint.pt"
     process = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=teacher_copy,
@@ -655,8 +668,15 @@ def test_killed_distillation_resumes(teacher_copy, conll_dir):
 
     resumed = run_module("distill", *args, cwd=teacher_copy)
     assert_exit_0(resumed)
-    assert "resuming" in resumed.stdout
-    assert (teacher_copy / "runs/d/students/S1/model.safetensors").is_file()
+    # Picked up where the checkpoint was, not from the start ...
+    epoch, step = map(int, re.search(r"resuming from epoch (\d+), step (\d+)",
+                                     resumed.stdout).groups())
+    assert (epoch, step) > (1, 0)
+    # ... and ended where the uninterrupted run did.
+    metrics = read(teacher_copy / "runs/d/students/S1/metrics.json")
+    assert metrics["valid"] == one_student_reference["valid"]
+    assert metrics["test"] == one_student_reference["test"]
+    assert metrics["steps"] == one_student_reference["steps"]
 
 
 def test_mention_replacement_swaps_mentions_within_their_type():

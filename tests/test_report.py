@@ -375,7 +375,9 @@ def reported(tmp_path_factory, tiny_bert, conll_dir) -> Path:
     result = run_module("bench.report", "run=r", f"data_dir={conll_dir.parent}",
                         "threads=1", "test_limit=80", "latency_sentences=12",
                         "latency_rounds=2", "warmup=2", "throughput_rounds=1",
-                        "batch_tokens=256", cwd=workdir, timeout=600)
+                        # A tiny random model's INT8 build may move F1 by any amount: a
+                        # budget of 100 points admits every artifact, so one is chosen.
+                        "batch_tokens=256", "max_f1_drop=100", cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (workdir / "report.out").write_text(result.stdout, encoding="utf-8")
     return workdir / "runs" / "r"
@@ -433,9 +435,11 @@ def test_report_batches_as_the_runtime_does_and_counts_what_batching_changed(rep
 def test_report_recommends_an_artifact_in_plain_words(reported):
     report = json.loads((reported / "report" / "report.json").read_text())
     recommendation = report["devices"][0]["recommendation"]
-    assert "checks" not in report and recommendation["max_f1_drop"] == 1.5
-    names = {r["name"] for r in report["rows"] if not r["is_peer"]}
-    assert recommendation["artifact"] is None or recommendation["artifact"] in names
+    assert "checks" not in report and recommendation["max_f1_drop"] == 100
+    candidates = [r for r in report["rows"] if not r["is_peer"]]
+    fastest = max(candidates, key=lambda r: (r["speedup_vs_eager"], r["test_f1"]))["name"]
+    assert recommendation["artifact"] == fastest
+    assert recommendation["summary"].startswith(f"recommended on the CPU: {fastest} — ")
     md = (reported / "report" / "report.md").read_text()
     stdout = (reported.parent.parent / "report.out").read_text()
     for text in (md, stdout):

@@ -57,13 +57,16 @@ def call(port: int, method: str, path: str, body: bytes | dict | None = None,
         connection.close()
 
 
-def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: float = 60,
+               answered: bool = False) -> None:
+    """Until /healthz says 200 (or, with `answered`, says anything)."""
     until = time.time() + timeout
     while time.time() < until:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the server exited: {process.log_path.read_text()[-2000:]}")
         try:
-            if call(port, "GET", "/healthz", timeout=2)[0] == 200:
+            if answered or call(port, "GET", "/healthz", timeout=2)[0] == 200:
+                call(port, "GET", "/healthz", timeout=2)
                 return
         except OSError:
             pass
@@ -72,10 +75,11 @@ def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: floa
 
 
 @contextmanager
-def running(folder: Path, *options: str):
-    """`edge-ner serve` in a subprocess on a free loopback port; yields (port, process).
-    Its log goes to a file (process.log_path): a pipe nobody reads would fill with the
-    request lines and stall the server."""
+def running(folder: Path, *options: str, ready: bool = True):
+    """`edge-ner serve` in a subprocess on a free loopback port; yields (port, process)
+    once the model is loaded (`ready`), or once the port answers. Its log goes to a file
+    (process.log_path): a pipe nobody reads would fill with the request lines and stall
+    the server."""
     port = free_port()
     log_path = Path(tempfile.mkdtemp()) / "serve.log"
     with open(log_path, "w") as log:
@@ -84,7 +88,7 @@ def running(folder: Path, *options: str):
                                    stdout=subprocess.DEVNULL, stderr=log)
     process.log_path = log_path
     try:
-        wait_ready(port, process)
+        wait_ready(port, process, answered=not ready)
         yield port, process
     finally:
         if process.poll() is None:
@@ -153,6 +157,79 @@ def test_concurrent_clients_each_get_their_own_entities_from_shared_model_calls(
     calls = metric(metrics, "edge_ner_batch_requests_count")
     single = metric(metrics, 'edge_ner_batch_requests_bucket{le="1.0"}')
     assert calls > 0 and calls - single > 0, (calls, single)
+
+
+@pytest.fixture(scope="module")
+def varying_artifact(artifacts, tmp_path_factory) -> Path:  # noqa: F811
+    """The tiny model quantized the usual way (ONNX Runtime's quantize_dynamic: one
+    activation scale for the whole batch), so a text's entities depend on its batch-mates;
+    its manifest carries the check that measured so."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("varying") / "int8-batch-scale"
+    shutil.copytree(artifacts["onnx-fp32"], folder)
+    quantize_dynamic(artifacts["onnx-fp32"] / "model.onnx", folder / "model.onnx",
+                     weight_type=QuantType.QInt8)
+    predictor = open_predictor(folder, threads=1)
+    check = batch_invariance(predictor.backend, predictor.encoder,
+                             [t.split() for t in MORE_TEXTS if t] * 4)
+    assert not check["invariant"], "the batch-scale model should vary with its batch"
+    manifest = read_json(folder / "manifest.json") | {"batch_invariance": check}
+    write_json_atomic(folder / "manifest.json", manifest)
+    return folder
+
+
+def test_an_artifact_that_varies_with_its_batch_keeps_each_request_in_its_own_calls(
+        varying_artifact):
+    predictor = open_predictor(varying_artifact, threads=1)
+    requests = [[MORE_TEXTS[(i + k) % len(MORE_TEXTS)] for k in range(1 + i % 3)]
+                for i in range(16)]
+    # What each request gets alone: its own texts in one call, nobody else's.
+    alone = [[[e.as_dict() for e in found] for found in predictor.predict_batch(texts)]
+             for texts in requests]
+    with running(varying_artifact, "--max-wait-ms", "50") as (port, _):
+        assert call(port, "GET", "/v1/model")[2]["batch_invariant"] is False
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda texts: call(port, "POST", "/v1/entities",
+                                                       {"texts": texts}), requests))
+        metrics = call(port, "GET", "/metrics")[2]
+    assert [a[2]["results"] for a in answers] == alone
+    calls = metric(metrics, "edge_ner_batch_requests_count")
+    assert calls >= 16 and metric(metrics, 'edge_ner_batch_requests_bucket{le="1.0"}') == calls
+
+
+def test_while_the_model_loads_and_after_it_failed_every_model_route_says_503(
+        invariant_artifact, tmp_path):
+    # A model file that is a pipe: loading waits until the test writes the model into it.
+    loading = tmp_path / "loading"
+    shutil.copytree(invariant_artifact, loading)
+    model = (loading / "model.onnx").read_bytes()
+    (loading / "model.onnx").unlink()
+    os.mkfifo(loading / "model.onnx")
+    with running(loading, ready=False) as (port, process):
+        status, headers, answer = call(port, "GET", "/healthz")
+        assert (status, answer) == (503, {"status": "loading"})
+        status, headers, answer = call(port, "POST", "/v1/entities", {"text": "Rome"})
+        assert status == 503 and "still loading" in answer["error"]
+        assert headers["retry-after"] == "1"
+        assert call(port, "GET", "/v1/model")[0] == 503
+        with open(loading / "model.onnx", "wb") as pipe:
+            pipe.write(model)
+        wait_ready(port, process)
+        assert call(port, "POST", "/v1/entities", {"text": "Rome"})[0] == 200
+    broken = tmp_path / "broken"
+    shutil.copytree(invariant_artifact, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    with running(broken, ready=False) as (port, _):
+        deadline = time.time() + 60
+        while (answer := call(port, "GET", "/healthz"))[2].get("status") == "loading":
+            assert time.time() < deadline, "the load neither ended nor failed"
+            time.sleep(0.1)
+        status, _, health = answer
+        assert status == 503 and health["status"] == "error"
+        assert health["error"].startswith("the model failed to load: ")
+        status, _, answer = call(port, "POST", "/v1/entities", {"text": "Rome"})
+        assert status == 503 and answer["error"] == health["error"]
 
 
 def metric(text: str, series: str) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -492,6 +493,34 @@ def test_build_engine_command_without_tensorrt_is_one_line(tmp_path):
 
 
 # Engines (CUDA, TensorRT and Torch-TensorRT)
+
+
+@needs_tensorrt
+def test_build_engine_command_rebuilds_a_real_engine_for_this_gpu(classifier, encoder,
+                                                                  tmp_path):
+    """The installed console script, on a real QDQ source: the engine it writes loads here
+    and gives the logits of the engine the quantize stage built from the same source."""
+    source = make_source(classifier, encoder, tmp_path)
+    plain = tmp_path / "model.onnx"
+    export_onnx(classifier, plain, 17)
+    cfg = config()
+    built = build("trt-int8", source, cfg, plain, train_split(), source.work,
+                  lambda backend: 1.0, 0.0)
+    profile = expected_profile(source, cfg)
+    (tmp_path / "published").mkdir()
+    folder = planted_trt_folder(tmp_path / "published")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tensorrt"]["shapes"] = profile.as_dict()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(built.files["model.qdq.onnx"], folder / "model.qdq.onnx")
+    command = [str(Path(sys.executable).parent / "edge-ner"), "build-engine", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rebuilt = json.loads((folder / "manifest.json").read_text())["tensorrt"]
+    assert rebuilt["gpu"] == torch.cuda.get_device_name()
+    engine = TensorRTEngineBackend.from_file(folder / "model.engine", profile)
+    for batch in batches(encoder):
+        np.testing.assert_allclose(engine(batch), built.runtime(batch), atol=1e-3)
 
 
 def check_settings(details: dict, precision: str, profile: ShapeProfile) -> None:
