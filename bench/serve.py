@@ -41,12 +41,12 @@ EDGE_NER = Path(sys.executable).parent / "edge-ner"
 
 
 async def one_client(port: int, bodies: list[bytes], latencies: list[float],
-                     errors: list[int]) -> None:
+                     errors: list[int], headers: bytes = b"") -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for body in bodies:
             tick = time.perf_counter()
-            writer.write(b"POST /v1/entities HTTP/1.1\r\nHost: bench\r\n"
+            writer.write(b"POST /v1/entities HTTP/1.1\r\nHost: bench\r\n" + headers +
                          b"Content-Type: application/json\r\nContent-Length: "
                          + str(len(body)).encode() + b"\r\n\r\n" + body)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -60,13 +60,16 @@ async def one_client(port: int, bodies: list[bytes], latencies: list[float],
         writer.close()
 
 
-async def load(port: int, texts: list[str], concurrency: int, requests: int) -> dict:
+async def load(port: int, texts: list[str], concurrency: int, requests: int,
+               headers: bytes = b"") -> dict:
+    """`requests` one-sentence requests from `concurrency` keep-alive clients; `headers`
+    (complete lines) go into every request."""
     bodies = [json.dumps({"text": texts[i % len(texts)]}).encode() for i in range(requests)]
     latencies: list[float] = []
     errors: list[int] = []
     tick = time.perf_counter()
-    await asyncio.gather(*(one_client(port, bodies[c::concurrency], latencies, errors)
-                           for c in range(concurrency)))
+    await asyncio.gather(*(one_client(port, bodies[c::concurrency], latencies, errors,
+                                      headers) for c in range(concurrency)))
     seconds = time.perf_counter() - tick
     return {"requests_per_s": requests / seconds, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)), "errors": len(errors),

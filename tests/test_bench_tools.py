@@ -16,7 +16,6 @@ from edgener.predictor import Predictor, open_predictor
 from edgener.runtime.encoding import Encoder
 from tests.test_predictor import LABELS, TEXTS, artifacts  # noqa: F401 (a fixture)
 
-
 # A parent holding 600 MB that starts the worker: a peak read from ru_maxrss, which
 # survives fork and exec, would carry the parent's 600 MB into the child's figure.
 HEAVY_PARENT = """

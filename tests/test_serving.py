@@ -75,7 +75,7 @@ def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: floa
 
 
 @contextmanager
-def running(folder: Path, *options: str, ready: bool = True):
+def running(folder: Path, *options: str, ready: bool = True, env: dict | None = None):
     """`edge-ner serve` in a subprocess on a free loopback port; yields (port, process)
     once the model is loaded (`ready`), or once the port answers. Its log goes to a file
     (process.log_path): a pipe nobody reads would fill with the request lines and stall
@@ -85,7 +85,8 @@ def running(folder: Path, *options: str, ready: bool = True):
     with open(log_path, "w") as log:
         process = subprocess.Popen([str(EDGE_NER), "serve", str(folder), "--port", str(port),
                                     "--threads", "1", *options],
-                                   stdout=subprocess.DEVNULL, stderr=log)
+                                   stdout=subprocess.DEVNULL, stderr=log,
+                                   env=None if env is None else {**os.environ, **env})
     process.log_path = log_path
     try:
         wait_ready(port, process, answered=not ready)
@@ -257,7 +258,7 @@ def test_health_model_card_metrics_and_openapi(server, invariant_artifact):
     assert "post" in document["paths"]["/v1/entities"]
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
+BAD_INPUTS = [
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 422, '"text" or "texts"'),
     (b'{"text": 3}', 422, '"text" must be a string'),
@@ -274,7 +275,11 @@ def test_health_model_card_metrics_and_openapi(server, invariant_artifact):
     (b'{"text": "' + b"a" * 600 + b'"}', 413, "limit is 500 (--max-text-chars)"),
     (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "limit is 4 (--max-texts)"),
     (b'{"text": "' + b"a" * 3000 + b'"}', 413, "limit is 2000 (--max-body-bytes)"),
-])
+]
+LIMITS = ("--max-text-chars", "500", "--max-texts", "4", "--max-body-bytes", "2000")
+
+
+@pytest.mark.parametrize(("body", "status", "words"), BAD_INPUTS)
 def test_bad_input_is_a_json_error_naming_what_is_wrong(limited_server, body, status, words):
     got, _, answer = call(limited_server, "POST", "/v1/entities", body,
                           {"content-type": "application/json"})
@@ -283,8 +288,7 @@ def test_bad_input_is_a_json_error_naming_what_is_wrong(limited_server, body, st
 
 @pytest.fixture(scope="module")
 def limited_server(invariant_artifact):
-    with running(invariant_artifact, "--max-text-chars", "500", "--max-texts", "4",
-                 "--max-body-bytes", "2000") as (port, _):
+    with running(invariant_artifact, *LIMITS) as (port, _):
         yield port
 
 

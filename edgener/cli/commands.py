@@ -314,15 +314,52 @@ def command_serve(args: argparse.Namespace) -> int:
 
     read_artifact_manifest(Path(args.artifact))  # a wrong folder fails now, in one line
     with needs_extra("edge-ner serve"):
+        from edgener.serve.auth import is_loopback
         from edgener.serve.config import ServeConfig
         from edgener.serve.server import serve
 
+    key = api_key(args)
+    if not key and not is_loopback(args.host) and not args.insecure:
+        raise UserError(f"refusing to serve on {args.host} without an API key: anyone who "
+                        "can reach the port could use the model and read its metrics; set "
+                        f"{API_KEY_ENV} (or --api-key-file), or pass --insecure where the "
+                        "network alone decides who connects")
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise UserError("HTTPS needs both --ssl-keyfile and --ssl-certfile")
+    for path in (args.ssl_keyfile, args.ssl_certfile):
+        if path and not Path(path).is_file():
+            raise UserError(f"no file at {path}")
     config = ServeConfig(threads=args.threads, max_batch_tokens=args.max_batch_tokens,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_text_chars=args.max_text_chars, max_texts=args.max_texts,
                          max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_ms / 1000,
-                         spinning=args.spinning)
-    return serve(args.artifact, args.host, args.port, config, args.log_json)
+                         spinning=args.spinning, api_key=key,
+                         metrics_need_key=not args.metrics_without_key)
+    return serve(args.artifact, args.host, args.port, config, args.log_json,
+                 args.ssl_keyfile, args.ssl_certfile)
+
+
+API_KEY_ENV = "EDGE_NER_API_KEY"
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, else --api-key-file, else $EDGE_NER_API_KEY (the last two
+    keep it out of process listings and shell history)."""
+    if args.api_key is not None:
+        key = args.api_key
+    elif args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise UserError(f"cannot read --api-key-file {args.api_key_file}: "
+                            f"{error.strerror}") from None
+    else:
+        key = os.environ.get(API_KEY_ENV)
+        if key is None:
+            return None
+    if not key.strip():
+        raise UserError("the API key is empty")
+    return key.strip()
 
 
 def scores_table(scores: dict, title: str):

@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let ONNX Runtime's threads spin between operators (faster on "
                        "cores the server does not share; off by default)")
     serve.add_argument("--log-json", action="store_true", help="log a JSON object a line")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="every route but /healthz needs 'Authorization: Bearer KEY' "
+                       "(better: $EDGE_NER_API_KEY or --api-key-file, which stay out of "
+                       "process listings and shell history)")
+    serve.add_argument("--api-key-file", default=None, metavar="PATH",
+                       help="read the API key from this file")
+    serve.add_argument("--metrics-without-key", action="store_true",
+                       help="leave /metrics open to scrapers without the key")
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PATH",
+                       help="serve HTTPS with this private key (and --ssl-certfile)")
+    serve.add_argument("--ssl-certfile", default=None, metavar="PATH")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve beyond this machine (--host other than loopback) without "
+                       "an API key")
     engine = commands.add_parser(
         "build-engine", help="rebuild a trt-int8 artifact's TensorRT engine for this GPU "
         "and TensorRT release, from the model.qdq.onnx it ships (needs TensorRT and CUDA)")

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgener.runtime.predictor import Predictor
+from edgener.serve.auth import OPEN_PATHS, ApiKeyGate
 from edgener.serve.batcher import Batcher
 from edgener.serve.config import ServeConfig
 from edgener.serve.metrics import Metrics
@@ -142,6 +143,9 @@ def create_app(load: Callable[[], Predictor], config: ServeConfig,
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error,
                                         ClientDisconnect: disconnected})
+    if config.api_key:
+        open_paths = OPEN_PATHS | ({"/metrics"} if not config.metrics_need_key else set())
+        app = ApiKeyGate(app, config.api_key, frozenset(open_paths))
     return RequestLog(app, state.metrics)
 
 

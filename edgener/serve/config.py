@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -19,3 +19,7 @@ class ServeConfig:
     # cores, but here they share the cores with the event loop that parses the requests.
     spinning: bool = False
     warmup_texts: tuple[str, ...] = ("EU rejects German call to boycott British lamb .",) * 4
+    # Every route but /healthz needs `Authorization: Bearer <api_key>` (None: open). Never
+    # shown: not in repr, not in any log line.
+    api_key: str | None = field(default=None, repr=False)
+    metrics_need_key: bool = True  # False: /metrics open to scrapers inside the network

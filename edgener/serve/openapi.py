@@ -34,7 +34,7 @@ def openapi_document(config: ServeConfig) -> dict:
             "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
             **errors(*codes)}}}
 
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {"title": "edge-ner", "version": "1",
                  "description": "Named entities, with character offsets, from raw text."},
@@ -72,3 +72,15 @@ def openapi_document(config: ServeConfig) -> dict:
                         "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         },
     }
+    if config.api_key:  # the key itself never appears, only that one is needed
+        document["components"] = {"securitySchemes": {"apiKey": {"type": "http",
+                                                                 "scheme": "bearer"}}}
+        unauthorized = {"401": {"description": "no API key, or not the right one",
+                                "content": {"application/json": {"schema": error}}}}
+        for path, operations in document["paths"].items():
+            if path == "/healthz" or (path == "/metrics" and not config.metrics_need_key):
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]
+                operation["responses"] |= unauthorized
+    return document

@@ -25,16 +25,20 @@ log = logging.getLogger("edgener.serve")
 
 
 def serve(folder: str | Path, host: str, port: int, config: ServeConfig,
-          log_json: bool = False) -> int:
-    """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
+          log_json: bool = False, ssl_keyfile: str | None = None,
+          ssl_certfile: str | None = None) -> int:
+    """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first.
+    With a key and certificate, uvicorn serves HTTPS."""
     metrics = Metrics()
     writer = start_logging(log_json, metrics.log_records_dropped.inc)
     app = create_app(lambda: load_served(Path(folder), config), config, metrics)
     # log_config=None: uvicorn's own loggers keep the queued handler start_logging gave them.
     server = GracefulServer(uvicorn.Config(
         app, host=host, port=port, log_config=None, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=max(1, round(config.timeout_s))))
-    log.info("listening on http://%s:%d", host, port)
+        timeout_graceful_shutdown=max(1, round(config.timeout_s)),
+        ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile))
+    log.info("listening on %s://%s:%d%s", "https" if ssl_certfile else "http", host, port,
+             "; every route but /healthz needs the API key" if config.api_key else "")
     try:
         server.run()
     finally:
