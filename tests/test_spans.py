@@ -198,3 +198,28 @@ def test_the_teacher_trains_on_a_span_folder_and_records_what_reading_it_changed
     recorded = json.loads((teacher / "manifest.json").read_text())["dataset"]
     assert recorded["snap_spans"] is True and "1 spans widened" in recorded["spans"]["train"]
     assert "1 spans widened" in (teacher / "README.md").read_text()
+
+
+def test_evaluate_scores_a_span_folder_as_its_conll_twin(artifacts, tmp_path):  # noqa: F811
+    """Words the runtime splits as CoNLL does: the two folders are the same data, and
+    `edge-ner evaluate` gives the same scores, with the span counts beside them."""
+    conll = tmp_path / "conll"
+    conll.mkdir()
+    sentences = [(["Angela", "Merkel", "met", "Bob", "in", "New", "York", "."],
+                  ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC", "I-LOC", "O"]),
+                 (["Contoso", "signed", "in", "Paris", "."], ["B-ORG", "O", "O", "B-LOC", "O"])]
+    for split in ("train", "valid", "test"):
+        (conll / f"{split}.txt").write_text("".join(
+            "".join(f"{w} {t}\n" for w, t in zip(words, tags, strict=True)) + "\n"
+            for words, tags in sentences), encoding="utf-8")
+    convert(conll, tmp_path / "doccano", "doccano")
+    scores = []
+    for folder in (conll, tmp_path / "doccano"):
+        result = edge_ner("evaluate", str(artifacts["onnx-int8"]), str(folder), "--json",
+                          cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        scores.append(json.loads(result.stdout))
+    assert scores[1]["data"].endswith("test.jsonl") and scores[1]["sentences"] == 2
+    assert scores[1]["spans"] == "2 texts, 5 entities"
+    for key in ("precision", "recall", "f1", "support", "per_type"):
+        assert scores[1][key] == scores[0][key]
