@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from edgener.runtime.spans import SHAPES as SPAN_SHAPES
 from edgener.runtime.tags import SCHEMES
 from edgener.training.config import ConfigError, check_at_least, check_choice, check_fraction
 from edgener.training.datasets import DATA_DIR_ENV
@@ -21,6 +22,7 @@ class TeacherConfig(TrainSettings):
     # Span files (doccano, Label Studio, CLUENER): widen a span that does not fall on the
     # runtime's word boundaries to whole words, counted in the summary (else an error)
     snap_spans: bool = False
+    span_format: str = "auto"  # or doccano, label-studio, cluener: the span files' shape
     run: str | None = None  # None: the dataset's name (a dataset folder's name)
     runs_dir: str = "runs"
     # Inputs
@@ -56,3 +58,4 @@ class TeacherConfig(TrainSettings):
         check_fraction(self, "dropout")
         check_at_least(self, 0, "warn_unknown_share", "max_unknown_share")
         check_choice(self, "tag_scheme", SCHEMES)
+        check_choice(self, "span_format", ("auto", *SPAN_SHAPES))

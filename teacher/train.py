@@ -90,7 +90,7 @@ def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,
 
     # Data and model
     dataset = load_dataset(config.dataset, config.data_dir, config.tag_scheme,
-                           config.snap_spans)
+                           config.snap_spans, config.span_format)
     train_set = dataset.split("train")[: config.train_limit]
     valid_set = dataset.split("valid")[: config.eval_limit]
     test_set = dataset.split("test")[: config.eval_limit]
@@ -178,8 +178,8 @@ def publish(config, config_id, preset, model, tokenizer, encoder, labels, datase
         encoding=encoder.settings(),
         dataset={"name": dataset.name, "source": dataset.source, "files": dataset.files,
                  "train_sentences": config.train_limit, "eval_sentences": config.eval_limit,
-                 **({"snap_spans": dataset.snap_spans, "spans": dataset.span_summaries()}
-                    if dataset.span_counts else {})},
+                 **({"snap_spans": dataset.snap_spans, "span_format": dataset.span_format,
+                     "spans": dataset.span_summaries()} if dataset.span_counts else {})},
         valid_f1=metrics["valid"]["f1"],
         test_f1=metrics["test"]["f1"],
         vocabulary_coverage={"train": coverage.as_dict()},

@@ -10,7 +10,7 @@ import pytest
 
 from bench.spans_from_conll import convert
 from edgener.runtime.conll import DataError, Sentence
-from edgener.runtime.spans import read_span_file
+from edgener.runtime.spans import read_labelled, read_span_file
 from edgener.runtime.tags import entity_spans
 from edgener.runtime.text import split_words
 from edgener.training.datasets import load_dataset
@@ -223,3 +223,14 @@ def test_evaluate_scores_a_span_folder_as_its_conll_twin(artifacts, tmp_path):  
     assert scores[1]["spans"] == "2 texts, 5 entities"
     for key in ("precision", "recall", "f1", "support", "per_type"):
         assert scores[1][key] == scores[0][key]
+
+
+def test_a_named_shape_reads_its_own_records_and_refuses_others(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", [
+        {"text": TEXT, "label": {"PER": {"Angela Merkel": [[0, 12]]}}}])
+    (sentence,), _ = read_span_file(path, shape="cluener")
+    assert sentence.tags[:2] == ["B-PER", "I-PER"]
+    with pytest.raises(DataError, match="c.jsonl:1: not a doccano record"):
+        read_span_file(path, shape="doccano")
+    with pytest.raises(DataError, match="unknown span format 'brat'"):
+        read_labelled(path, shape="brat")

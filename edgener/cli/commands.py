@@ -286,7 +286,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     data = Path(args.data)
     path = find_split_file(data, args.split) if data.is_dir() else data
-    sentences, span_counts = read_labelled(path, args.snap_spans)
+    sentences, span_counts = read_labelled(path, args.snap_spans, args.span_format)
     scheme = detect_scheme([s.tags for s in sentences])
     gold = [to_iob2(s.tags, scheme) for s in sentences]
     predictor = load(args)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "character spans, or a dataset folder (its --split file)")
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    evaluate.add_argument("--span-format", default="auto",
+                          choices=("auto", "doccano", "label-studio", "cluener"),
+                          help="span files: the tool's shape (default: told from the records)")
     evaluate.add_argument("--snap-spans", action="store_true",
                           help="span files: widen a span off word boundaries to whole words "
                           "(else an error)")

@@ -112,7 +112,10 @@ def spans_of(record: dict, shape: str, where: str) -> tuple[str, list[tuple[int,
                      for positions in mentions.values() for start, end in positions]
         else:
             text = record["text"]
-            spans = [(start, end, kind) for start, end, kind in record.get("label") or []]
+            labels = record.get("label") or []
+            if not isinstance(labels, list):
+                raise TypeError(f'"label" is {type(labels).__name__}, not a list of spans')
+            spans = [(start, end, kind) for start, end, kind in labels]
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise DataError(f"{where}: not a {shape} record ({type(error).__name__}: "
                         f"{error})") from None
@@ -213,10 +216,14 @@ def as_record(text: str, entities: list[dict], shape: str, model: str) -> dict:
                              "result": result}]}
 
 
-def read_labelled(path: str | Path, snap: bool = False
+def read_labelled(path: str | Path, snap: bool = False, shape: str = "auto"
                   ) -> tuple[list[Sentence], SpanCounts | None]:
     """A labelled file of either kind: a CoNLL file, or an annotation tool's spans (by its
-    suffix, .jsonl or .json); the span counts for the latter."""
+    suffix, .jsonl or .json; `shape` names the tool's, else it is told from the records);
+    the span counts for the latter."""
+    if shape not in ("auto", *SHAPES):
+        raise DataError(f"unknown span format {shape!r}; choose auto or one of "
+                        f"{', '.join(SHAPES)}")
     if Path(path).suffix in SUFFIXES:
-        return read_span_file(path, snap=snap)
+        return read_span_file(path, shape, snap)
     return read_conll(path), None

@@ -28,6 +28,7 @@ class Dataset:
     # Span files (an annotation tool's JSON): whether spans off word boundaries were widened,
     # and what reading each split changed.
     snap_spans: bool = False
+    span_format: str = "auto"
     span_counts: dict[str, SpanCounts] = field(default_factory=dict)
 
     def span_summaries(self) -> dict[str, str]:
@@ -47,12 +48,13 @@ def resolve_dataset_dir(dataset: str, data_dir: str | None) -> Path | None:
 
 
 def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto",
-                 snap_spans: bool = False) -> Dataset:
+                 snap_spans: bool = False, span_format: str = "auto") -> Dataset:
     """Load train/valid/test as IOB2 sentences with the label set taken from train.
 
     A folder holds CoNLL files or an annotation tool's JSON (Lines) with character spans;
     `snap_spans` widens a span that does not fall on word boundaries to whole words (else
-    it is a DataError).
+    it is a DataError). `span_format` names the tool's shape (doccano, label-studio,
+    cluener) where telling it from the records is not wanted.
 
     A name that is neither a folder nor found under the data dir is looked up on the
     Hugging Face hub (needs network access); with HF_HUB_OFFLINE or HF_DATASETS_OFFLINE
@@ -63,7 +65,8 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     folder = resolve_dataset_dir(dataset, data_dir)
     if folder is not None:
         files = {split: find_split_file(folder, split) for split in SPLIT_FILES}
-        read = {split: read_labelled(path, snap_spans) for split, path in files.items()}
+        read = {split: read_labelled(path, snap_spans, span_format)
+                for split, path in files.items()}
         splits = {split: sentences for split, (sentences, _) in read.items()}
         span_counts = {split: counts for split, (_, counts) in read.items() if counts}
         source = str(folder.resolve())
@@ -79,7 +82,7 @@ def load_dataset(dataset: str, data_dir: str | None = None, scheme: str = "auto"
     for split in ("valid", "test"):
         check_known_tags(splits[split], labels, str(files[split]))
     return Dataset(dataset, source, labels, splits, {k: str(v) for k, v in files.items()},
-                   snap_spans, span_counts)
+                   snap_spans, span_format, span_counts)
 
 
 def recorded_dataset(manifest: dict) -> str:
@@ -93,8 +96,10 @@ def load_recorded_dataset(manifest: dict, dataset: str | None, data_dir: str | N
                           ) -> Dataset:
     """The dataset a published model was trained on (or `dataset`, where given), read as
     its teacher read it."""
+    recorded = manifest["dataset"]
     return load_dataset(dataset or recorded_dataset(manifest), data_dir,
-                        snap_spans=manifest["dataset"].get("snap_spans", False))
+                        snap_spans=recorded.get("snap_spans", False),
+                        span_format=recorded.get("span_format", "auto"))
 
 
 def label_set(sentences: list[Sentence]) -> list[str]:
