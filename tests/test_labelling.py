@@ -201,10 +201,10 @@ def test_bad_input_is_one_line(artifacts, tmp_path, case, message):  # noqa: F81
 
 # On Ray: a local instance of 2 CPUs that each command starts and stops.
 
-def start_label(artifact: Path, inputs: list[Path], out: Path, *extra: str,
-                log: Path) -> subprocess.Popen:
-    command = [str(EDGE_NER), "label", str(artifact), *map(str, inputs), "--output", str(out),
-               "--engine", "ray", "--workers", "2", "--threads", "1", *extra]
+def start_label(artifact: Path, source: Path, out: Path, log: Path) -> subprocess.Popen:
+    """The big input on Ray, 2 workers x 1 thread, in the reference's shards of 400 rows."""
+    command = [str(EDGE_NER), "label", str(artifact), str(source), "--output", str(out),
+               "--engine", "ray", "--workers", "2", "--threads", "1", "--shard-rows", "400"]
     # Output to a file: a pipe nobody drains would stall the command once it is full.
     return subprocess.Popen(command, env=module_env(), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -254,8 +254,7 @@ def same_files(out: Path, reference: Path) -> None:
 
 def test_ray_writes_the_files_one_process_writes(artifacts, big_input, reference, tmp_path):  # noqa: F811,E501
     out, log = tmp_path / "out", tmp_path / "log"
-    process = start_label(artifacts["onnx-int8"], [big_input], out, "--shard-rows", "400",
-                          log=log)
+    process = start_label(artifacts["onnx-int8"], big_input, out, log)
     text = finish(process, log)
     same_files(out, reference)
     assert "labelled 24,000 rows into 60 files" in text
@@ -270,8 +269,7 @@ def ray_actors() -> list[int]:
 def test_a_killed_worker_is_replaced_and_the_output_is_the_same(
         artifacts, big_input, reference, tmp_path):  # noqa: F811
     out, log = tmp_path / "out", tmp_path / "log"
-    process = start_label(artifacts["onnx-int8"], [big_input], out, "--shard-rows", "400",
-                          log=log)
+    process = start_label(artifacts["onnx-int8"], big_input, out, log)
     wait_for_parts(out, 2, process)
     actors = ray_actors()
     assert len(actors) == 2, "two Ray actors expected"
@@ -284,8 +282,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_the_same(
 def test_a_killed_driver_leaves_whole_files_and_a_rerun_finishes_the_rest(
         artifacts, big_input, reference, tmp_path):  # noqa: F811
     out, log = tmp_path / "out", tmp_path / "log"
-    process = start_label(artifacts["onnx-int8"], [big_input], out, "--shard-rows", "400",
-                          log=log)
+    process = start_label(artifacts["onnx-int8"], big_input, out, log)
     wait_for_parts(out, 3, process)
     os.kill(process.pid, signal.SIGKILL)  # the driver only, as kill -9 would
     process.wait(timeout=60)
@@ -294,8 +291,7 @@ def test_a_killed_driver_leaves_whole_files_and_a_rerun_finishes_the_rest(
     assert 3 <= len(written) < 60
     for name in written:  # every file there is whole
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    rerun = start_label(artifacts["onnx-int8"], [big_input], out, "--shard-rows", "400",
-                        log=log)
+    rerun = start_label(artifacts["onnx-int8"], big_input, out, log)
     text = finish(rerun, log)
     assert f"resuming: {len(written)} of 60 shards" in text
     same_files(out, reference)

@@ -65,8 +65,7 @@ def wait_ready(port: int, process: subprocess.Popen | None = None, timeout: floa
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the server exited: {process.log_path.read_text()[-2000:]}")
         try:
-            if answered or call(port, "GET", "/healthz", timeout=2)[0] == 200:
-                call(port, "GET", "/healthz", timeout=2)
+            if call(port, "GET", "/healthz", timeout=2)[0] == 200 or answered:
                 return
         except OSError:
             pass

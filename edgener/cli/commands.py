@@ -60,12 +60,18 @@ def stdin_ready() -> bool:
         return True
 
 
+def tagged(predictor: Predictor, texts: Iterable[str],
+           more_ready: Callable[[], bool] | None = None) -> Iterator[tuple[str, list]]:
+    """Each text with its entities, chunk by chunk: a long input is never held whole in
+    memory."""
+    for batch in chunks(texts, CHUNK_LINES, more_ready):
+        yield from zip(batch, predictor.predict_batch(batch), strict=True)
+
+
 def predict_lines(predictor: Predictor, texts: Iterable[str],
                   more_ready: Callable[[], bool] | None = None) -> Iterator[str]:
-    """JSON lines for texts, chunk by chunk: a long input is never held whole in memory."""
-    for batch in chunks(texts, CHUNK_LINES, more_ready):
-        for text, found in zip(batch, predictor.predict_batch(batch), strict=True):
-            yield json_line(text, found)
+    """A JSON line for each text."""
+    return (json_line(text, found) for text, found in tagged(predictor, texts, more_ready))
 
 
 def command_predict(args: argparse.Namespace) -> int:
@@ -243,16 +249,15 @@ def label_for_tool(predictor: Predictor, lines: Iterable[str], out: IO[str], sha
     JSON list of tasks (written as it goes: opened, a task a line, closed)."""
     from edgener.runtime.spans import as_record
 
-    separator = "[\n" if shape == "label-studio" else ""
-    for batch in chunks(lines, CHUNK_LINES):
-        for text, found in zip(batch, predictor.predict_batch(batch), strict=True):
-            record = as_record(text, [e.as_dict() for e in found], shape, model)
-            out.write(separator + json.dumps(record, ensure_ascii=False))
-            separator = ",\n" if shape == "label-studio" else "\n"
-    if shape == "label-studio":
-        out.write("\n]\n" if separator != "[\n" else "[]\n")
-    elif separator:
-        out.write("\n")
+    records = (json.dumps(as_record(text, [e.as_dict() for e in found], shape, model),
+                          ensure_ascii=False) for text, found in tagged(predictor, lines))
+    if shape == "doccano":
+        out.writelines(record + "\n" for record in records)
+        return
+    out.write("[")
+    for index, record in enumerate(records):
+        out.write(("\n" if index == 0 else ",\n") + record)
+    out.write("\n]\n")
 
 
 def names_a_folder(output: str) -> bool:

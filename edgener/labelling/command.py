@@ -7,7 +7,7 @@ import sys
 import time
 
 from edgener.labelling.engines import run_local, run_ray
-from edgener.labelling.job import Job, pending, prepare
+from edgener.labelling.job import OUTPUT_FORMATS, Job, pending, prepare
 from edgener.runtime.errors import UserError
 
 
@@ -46,7 +46,7 @@ class RowProgress:
 
 
 def label_files(args: argparse.Namespace) -> int:
-    if args.format not in ("jsonl", "parquet"):
+    if args.format not in OUTPUT_FORMATS:
         raise UserError(f"--format {args.format} tags one file; a folder of files is written "
                         "as jsonl or parquet")
     if args.engine == "local" and (args.workers or args.address):

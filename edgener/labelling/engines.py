@@ -54,7 +54,8 @@ def shard_labeller(job: Job, threads: int, max_batch_tokens: int) -> type:
             rows, errors = [], []
             for text in batch["shard"]:
                 try:  # bad input is the user's to fix, not a failure for Ray to retry
-                    rows.append(label_shard(self.predictor, self.job, shard_from_json(text)))
+                    shard = Shard.from_dict(json.loads(text))
+                    rows.append(label_shard(self.predictor, self.job, shard))
                     errors.append("")
                 except UserError as error:
                     rows.append(0)
@@ -62,11 +63,6 @@ def shard_labeller(job: Job, threads: int, max_batch_tokens: int) -> type:
             return {"rows": rows, "error": errors}
 
     return ShardLabeller
-
-
-def shard_from_json(text: str) -> Shard:
-    fields = json.loads(text)
-    return Shard(**{**fields, "groups": tuple(fields["groups"])})
 
 
 def run_ray(job: Job, shards: list[Shard], workers: int | None, threads: int,

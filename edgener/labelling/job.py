@@ -14,12 +14,12 @@ import glob
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from edgener.runtime.artifacts import TEMP_MARK, read_json, write_bytes_atomic, write_json_atomic
 from edgener.runtime.errors import UserError, needs_extra
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ KINDS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": 
          ".txt": "text"}
 OUTPUT_FORMATS = ("jsonl", "parquet")
 PLAN_FILE = "_labelling.json"
-TEMP_MARK = ".tmp-"
 SHARD_ROWS = 10_000
 
 
@@ -42,11 +41,14 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+def is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
 def is_table_input(path: str) -> bool:
     """Whether an input names what only the table labelling reads: a Parquet or JSON Lines
     file, a glob, a folder or a URL."""
-    return (kind_of(path) != "text" or is_url(path) or any(c in path for c in "*?[")
-            or Path(path).is_dir())
+    return kind_of(path) != "text" or is_url(path) or is_glob(path) or Path(path).is_dir()
 
 
 def remote_fs(url: str):
@@ -76,8 +78,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for given in inputs:
         found = list_remote(given) if is_url(given) else list_local(given)
         if not found:
-            raise UserError(f"no input at {given}" if not any(c in given for c in "*?[")
-                            else f"{given} matches no file")
+            raise UserError(f"{given} matches no file" if is_glob(given)
+                            else f"no input at {given}")
         files.extend(found)
     if len(set(files)) != len(files):
         raise UserError("an input file is named twice; each is tagged once")
@@ -85,7 +87,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def list_local(given: str) -> list[str]:
-    if any(c in given for c in "*?["):
+    if is_glob(given):
         return sorted(p for p in glob.glob(given, recursive=True) if Path(p).is_file())
     path = Path(given)
     if path.is_dir():
@@ -97,7 +99,7 @@ def list_remote(url: str) -> list[str]:
     from pyarrow import fs
 
     scheme = url.split("://", 1)[0]
-    pattern = any(c in url for c in "*?[")
+    pattern = is_glob(url)
     base_url = url.rsplit("/", 1)[0] if pattern else url
     filesystem, base = remote_fs(base_url)
     info = filesystem.get_file_info(base)
@@ -130,21 +132,28 @@ class Shard:
     def name(self, output_format: str) -> str:
         return f"part-{self.source:05d}-{self.first:012d}.{output_format}"
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> Shard:
+        """From `asdict(shard)` gone through JSON (which makes the groups a list)."""
+        return cls(**{**fields, "groups": tuple(fields["groups"])})
+
 
 def plan_shards(files: list[str], shard_rows: int, column: str) -> list[Shard]:
     """The files cut into shards; a file without the text column is refused now, before
     any engine starts."""
     shards: list[Shard] = []
     for source, path in enumerate(files):
-        cut = parquet_shards if kind_of(path) == "parquet" else line_shards
-        found = list(cut(path, source, shard_rows, column))
-        if found and kind_of(path) == "jsonl":  # its first row stands for the rest
-            read_rows(Shard(path, source, 0, 1, found[0].offset), column)
+        if kind_of(path) == "parquet":
+            found = list(parquet_shards(path, source, shard_rows, column))
+        else:
+            found = list(line_shards(path, source, shard_rows))
+            if found and kind_of(path) == "jsonl":  # its first row stands for the rest
+                read_rows(Shard(path, source, 0, 1, found[0].offset), column)
         shards.extend(found)
     return shards
 
 
-def line_shards(path: str, source: int, shard_rows: int, column: str) -> Iterator[Shard]:
+def line_shards(path: str, source: int, shard_rows: int) -> Iterator[Shard]:
     """Shards of a text or JSON Lines file, each starting at a line's byte offset (a JSON
     Lines file's blank lines are no rows)."""
     skip_blank = kind_of(path) == "jsonl"
@@ -217,11 +226,11 @@ def prepare(job: Job) -> list[Shard]:
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out / PLAN_FILE
     if plan_path.exists():
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        plan = read_json(plan_path)
         if plan["job"] != job.identity():
             raise UserError(f"{out} holds the output of another labelling job (other inputs, "
                             "artifact, column or format); name another --output folder")
-        shards = [Shard(**{**s, "groups": tuple(s["groups"])}) for s in plan["shards"]]
+        shards = [Shard.from_dict(s) for s in plan["shards"]]
     else:
         stray = [p.name for p in out.iterdir() if TEMP_MARK not in p.name]
         if stray:
@@ -230,8 +239,8 @@ def prepare(job: Job) -> list[Shard]:
         shards = plan_shards(expand_inputs(job.inputs), job.shard_rows, job.column)
         if not shards:
             raise UserError("the inputs hold no rows to tag")
-        write_atomically(plan_path, json.dumps(
-            {"job": job.identity(), "shards": [asdict(s) for s in shards]}, indent=1).encode())
+        write_json_atomic(plan_path, {"job": job.identity(),
+                                      "shards": [asdict(s) for s in shards]})
     for temporary in out.glob(f"*{TEMP_MARK}*"):
         temporary.unlink()
     return shards
@@ -240,17 +249,6 @@ def prepare(job: Job) -> list[Shard]:
 def pending(job: Job, shards: list[Shard]) -> list[Shard]:
     out = Path(job.output)
     return [s for s in shards if not (out / s.name(job.output_format)).exists()]
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write whole or not at all: a temporary file in the same folder, flushed to disk,
-    then renamed over the final name."""
-    temporary = path.with_name(f"{path.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
 
 
 def read_rows(shard: Shard, column: str) -> tuple[list[dict] | object, list[str]]:
@@ -329,8 +327,8 @@ def label_shard(predictor: Predictor, job: Job, shard: Shard) -> int:
     """Tag one shard and write its output file whole; the number of rows."""
     rows, texts = read_rows(shard, job.column)
     found = entity_rows(predictor, texts)
-    write_atomically(Path(job.output) / shard.name(job.output_format),
-                     encode(rows, found, job.output_format))
+    write_bytes_atomic(Path(job.output) / shard.name(job.output_format),
+                       encode(rows, found, job.output_format))
     return len(texts)
 
 

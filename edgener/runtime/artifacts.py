@@ -34,19 +34,29 @@ class ArtifactError(UserError, RuntimeError):
     """A stage's input folder is missing or incomplete; the message says how to make it."""
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+# In the name of every file being written, until it is renamed into place.
+TEMP_MARK = ".tmp-"
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Whole or not at all: a temporary file in the same folder, flushed to disk, then
+    renamed over the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | Path, data) -> None:

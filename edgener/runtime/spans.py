@@ -38,20 +38,13 @@ class SpanCounts:
     entities: int = 0
     snapped: int = 0  # widened to word boundaries (with snap)
     nested: int = 0  # inside another span: the outer one is kept
-    examples: list[str] = field(default_factory=list)  # a few snapped spans, as evidence
-
-    def add(self, other: SpanCounts) -> None:
-        self.texts += other.texts
-        self.entities += other.entities
-        self.snapped += other.snapped
-        self.nested += other.nested
-        self.examples = (self.examples + other.examples)[:5]
+    examples: list[str] = field(default_factory=list)  # the first 3 snapped spans, as evidence
 
     def summary(self) -> str:
         line = f"{self.texts:,} texts, {self.entities:,} entities"
         if self.snapped:
             line += (f"; {self.snapped:,} spans widened to word boundaries (e.g. "
-                     f"{', '.join(self.examples[:3])})")
+                     f"{', '.join(self.examples)})")
         if self.nested:
             line += f"; {self.nested:,} nested spans dropped (the outer ones kept)"
         return line
@@ -142,8 +135,7 @@ def read_span_file(path: str | Path, shape: str = "auto", snap: bool = False
                                 "character spans)")
         text, spans = spans_of(record, shape, where)
         words = split_words(text)
-        tags, text_counts = tag_words(text, words, spans, where, snap)
-        counts.add(text_counts)
+        tags = tag_words(text, words, spans, where, snap, counts)
         if words:
             sentences.append(Sentence([w.text for w in words], tags, [number] * len(words),
                                       len(sentences)))
@@ -153,8 +145,10 @@ def read_span_file(path: str | Path, shape: str = "auto", snap: bool = False
 
 
 def tag_words(text: str, words: list[Word], spans: list[tuple[int, int, str]], where: str,
-              snap: bool) -> tuple[list[str], SpanCounts]:
-    counts = SpanCounts(texts=1)
+              snap: bool, counts: SpanCounts) -> list[str]:
+    """The words' IOB2 tags from the text's spans; what was widened or dropped is added to
+    `counts`."""
+    counts.texts += 1
     starts = {w.start: i for i, w in enumerate(words)}
     ends = {w.end: i for i, w in enumerate(words)}
     placed = []  # (first word, last word, type, span as given)
@@ -172,8 +166,9 @@ def tag_words(text: str, words: list[Word], spans: list[tuple[int, int, str]], w
                                 f"(words: {near}); snap_spans=true widens it to whole words")
             first, last = touched[0], touched[-1]
             counts.snapped += 1
-            counts.examples.append(f"{text[start:end]!r} -> "
-                                   f"{text[words[first].start:words[last].end]!r}")
+            if len(counts.examples) < 3:
+                counts.examples.append(f"{text[start:end]!r} -> "
+                                       f"{text[words[first].start:words[last].end]!r}")
         placed.append((first, last, kind, shown))
     tags = ["O"] * len(words)
     # Outer spans first: a span inside one already placed is nested, and dropped.
@@ -188,8 +183,8 @@ def tag_words(text: str, words: list[Word], spans: list[tuple[int, int, str]], w
             raise DataError(f"{where}: span {shown} overlaps span {crossing[3]}")
         kept.append((first, last, kind, shown))
         tags[first:last + 1] = [f"B-{kind}"] + [f"I-{kind}"] * (last - first)
-    counts.entities = len(kept)
-    return tags, counts
+    counts.entities += len(kept)
+    return tags
 
 
 def words_near(words: list[Word], start: int, end: int) -> list[Word]:
