@@ -249,6 +249,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def process_share(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The examples of `batch` that process `rank` of `world_size` trains on. A batch with
+    fewer examples than processes (an epoch's last one) lends a process one of its
+    examples again, as DistributedSampler pads: every process must run the step, or the
+    gradient all-reduce waits on one that has nothing to compute."""
+    share = list(batch[rank::world_size])
+    return share or [batch[rank % len(batch)]]
+
+
 def fit(
     step: torch.nn.Module,
     product: torch.nn.Module,
@@ -339,7 +348,8 @@ def fit(
                 ) if processes.is_main else None
                 epoch_start, epoch_start_step = time.time(), state["step"]
                 for index in range(state["step"], len(batches)):
-                    shard = batches[index][processes.rank :: processes.world_size]
+                    shard = process_share(batches[index], processes.rank,
+                                          processes.world_size)
                     with torch.autocast(processes.device.type, dtype=amp_dtype,
                                         enabled=amp_dtype is not None):
                         loss = trained(shard)
