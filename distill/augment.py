@@ -15,24 +15,28 @@ from edgener.runtime.conll import Sentence
 from edgener.runtime.tags import entity_spans
 
 
-def mention_replaced(sentences: list[Sentence], copies: int,
-                     seed: int) -> list[list[list[str]]]:
-    """`copies` rewrites of the sentences that hold an entity, mentions swapped by type: one
-    list of word lists a copy. The draws are seeded, so fewer copies give a prefix."""
-    with_entities = [(s.words, spans) for s in sentences if (spans := entity_spans(s.tags))]
+def mention_replaced(sentences: list[Sentence], copies: int, seed: int) -> list[list[Sentence]]:
+    """`copies` rewrites of the sentences that hold an entity, mentions swapped by type, one
+    list a copy; each keeps its document, so a copy is read in context as train is. The
+    draws are seeded, so fewer copies give a prefix."""
+    with_entities = [(s, spans) for s in sentences if (spans := entity_spans(s.tags))]
     mentions: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-    for words, spans in with_entities:
+    for sentence, spans in with_entities:
         for kind, start, end in spans:
-            mentions[kind].append(tuple(words[start:end]))
+            mentions[kind].append(tuple(sentence.words[start:end]))
     rng = random.Random(seed)
     rewritten = []
     for _ in range(copies):
         rewritten.append([])
-        for sentence_words, spans in with_entities:
-            words, last = [], 0
+        for sentence, spans in with_entities:
+            words, tags, last = [], [], 0
             for kind, start, end in spans:
-                words += sentence_words[last:start]
-                words += rng.choice(mentions[kind])
+                mention = rng.choice(mentions[kind])
+                words += [*sentence.words[last:start], *mention]
+                tags += [*sentence.tags[last:start], f"B-{kind}"]
+                tags += [f"I-{kind}"] * (len(mention) - 1)
                 last = end
-            rewritten[-1].append(words + sentence_words[last:])
+            rewritten[-1].append(Sentence(words + sentence.words[last:],
+                                          tags + sentence.tags[last:],
+                                          document=sentence.document))
     return rewritten

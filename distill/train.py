@@ -95,8 +95,10 @@ def distill(config: DistillConfig, preset: str, processes: Processes, fresh: boo
     # Every student's augmented text is a prefix of the largest request (the same seeded
     # draws), so one teacher cache over labeled + unlabeled + augmented serves them all.
     copies = max((spec.augment_copies for spec in specs.values()), default=0)
-    augmented = [encoder.encode_all(copy)
-                 for copy in mention_replaced(train_set, copies, config.seed)]
+    augmented = [encoder.encode_all([s.words for s in copy], None, [s.document for s in copy],
+                                    config.context_dropout, config.seed + number)
+                 for number, copy in enumerate(mention_replaced(train_set, copies, config.seed),
+                                               start=1)]
     log(f"data: {len(train_set)} train sentences ({len(labeled)} windows)"
         + (f" + {len(unlabeled)} unlabeled windows" if unlabeled else "")
         + (f" + {copies} mention-replaced copies ({sum(map(len, augmented))} windows)"

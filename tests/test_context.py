@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,31 @@ def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, t
     assert together.returncode == 0, together.stderr
     assert [json.loads(line)["entities"] for line in together.stdout.splitlines()] == \
         [[e.as_dict() for e in found] for found in predictor.predict_batch(texts, [0] * 6)]
+
+@pytest.mark.slow
+def test_mention_replaced_copies_are_read_in_their_documents_too(tmp_path, tiny_bert, conll_dir):
+    """A packing teacher's student reads the copies as it reads train: sentences of one
+    document share windows, so the copies take fewer windows than they have sentences."""
+    data = tmp_path / "small"
+    data.mkdir()
+    for split, count in (("train", 120), ("valid", 40), ("test", 40)):
+        first_sentences(conll_dir / f"{split}.txt", data / f"{split}.txt", count)
+    teacher = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
+                         f"dataset={data}", "run=pack", "epochs=1", "batch_size=8",
+                         "max_length=64", "pack_documents=true", cwd=tmp_path)
+    assert teacher.returncode == 0, teacher.stdout[-2000:] + teacher.stderr[-2000:]
+    (tmp_path / "students.yaml").write_text(
+        "students:\n  S1:\n    layers: 1\n    augment_copies: 1\n"
+        "epochs: 1\nbatch_size: 8\nlr: 1.0e-3\n")
+    result = run_module("distill", "--preset", str(tmp_path / "students.yaml"), "run=pack",
+                        "baselines=false", "threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    found = re.search(r"\+ 1 mention-replaced copies \((\d+)\s+windows\)", result.stdout)
+    assert found, result.stdout
+    with_entities = sum(any(tag != "O" for tag in s.tags)
+                        for s in read_conll(data / "train.txt"))
+    assert 0 < int(found[1]) < with_entities
+
 
 def test_raw_text_splits_into_sentences_at_their_ending_punctuation():
     text = 'He said "Hi." Then U.S. troops left! 我爱北京。你好'

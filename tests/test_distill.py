@@ -688,8 +688,16 @@ def test_mention_replacement_swaps_mentions_within_their_type():
     ]
     people = {("Angela", "Merkel"), ("Obama",)}
     places = {("Paris",), ("Rome",)}
-    copies = mention_replaced(sentences, copies=8, seed=0)
-    assert [len(copy) for copy in copies] == [2] * 8  # the entity-less sentence is left out
+    sentences[1].document = 1
+    rewritten = mention_replaced(sentences, copies=8, seed=0)
+    assert [len(copy) for copy in rewritten] == [2] * 8  # the entity-less sentence is left out
+    assert all([s.document for s in copy] == [0, 1] for copy in rewritten)
+    for copy in rewritten:  # the tags follow the new mentions' lengths
+        first, second = copy
+        assert first.tags == (["B-PER", "I-PER"] if len(first.words) == 5 else ["B-PER"]) + \
+            ["O", "B-LOC", "O"]
+        assert second.tags == ["B-LOC", "O", "B-PER"] + ["I-PER"] * (len(second.words) - 3)
+    copies = [[s.words for s in copy] for copy in rewritten]
     for first, second in copies:
         split = first.index("visited")
         assert tuple(first[:split]) in people
@@ -697,6 +705,6 @@ def test_mention_replacement_swaps_mentions_within_their_type():
         split = second.index("welcomed")
         assert tuple(second[:split]) in places and tuple(second[split + 1:]) in people
     assert len({tuple(first) for first, _ in copies}) > 1  # mentions are drawn, not kept
-    assert mention_replaced(sentences, copies=8, seed=0) == copies
-    assert mention_replaced(sentences, copies=3, seed=0) == copies[:3]  # a prefix
+    assert mention_replaced(sentences, copies=8, seed=0) == rewritten
+    assert mention_replaced(sentences, copies=3, seed=0) == rewritten[:3]  # a prefix
     assert mention_replaced(sentences, copies=0, seed=0) == []
