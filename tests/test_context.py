@@ -116,18 +116,21 @@ def test_each_word_takes_its_logits_from_its_own_sentence_not_the_context(tokeni
         assert found[:, 0].astype(int).tolist() == ids(tokenizer, words)
 
 
-def first_sentences(source: Path, target: Path, count: int) -> None:
-    blocks = [b for b in source.read_text().split("\n\n") if b.strip()][:count]
-    target.write_text("\n\n".join(blocks) + "\n")
+def conll_slice(conll_dir: Path, folder: Path, train: int, evaluate: int) -> Path:
+    """A dataset folder of CoNLL-2003's first sentences: `train` of train, `evaluate` of
+    valid and of test."""
+    folder.mkdir()
+    for split, count in (("train", train), ("valid", evaluate), ("test", evaluate)):
+        text = (conll_dir / f"{split}.txt").read_text()
+        blocks = [b for b in text.split("\n\n") if b.strip()][:count]
+        (folder / f"{split}.txt").write_text("\n\n".join(blocks) + "\n")
+    return folder
 
 
 @pytest.mark.slow
 def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, tiny_bert,
                                                                       conll_dir, monkeypatch):
-    data = tmp_path / "small"
-    data.mkdir()
-    for split, count in (("train", 200), ("valid", 60), ("test", 60)):
-        first_sentences(conll_dir / f"{split}.txt", data / f"{split}.txt", count)
+    data = conll_slice(conll_dir, tmp_path / "small", train=200, evaluate=60)
     result = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
                         f"dataset={data}", "run=ctx", "epochs=1", "batch_size=8",
                         "max_length=48", "context_tokens=16", "context_dropout=0.3",
@@ -167,14 +170,12 @@ def test_a_teacher_trained_with_context_passes_it_on_to_its_artifact(tmp_path, t
     assert [json.loads(line)["entities"] for line in together.stdout.splitlines()] == \
         [[e.as_dict() for e in found] for found in predictor.predict_batch(texts, [0] * 6)]
 
+
 @pytest.mark.slow
 def test_mention_replaced_copies_are_read_in_their_documents_too(tmp_path, tiny_bert, conll_dir):
     """A packing teacher's student reads the copies as it reads train: sentences of one
     document share windows, so the copies take fewer windows than they have sentences."""
-    data = tmp_path / "small"
-    data.mkdir()
-    for split, count in (("train", 120), ("valid", 40), ("test", 40)):
-        first_sentences(conll_dir / f"{split}.txt", data / f"{split}.txt", count)
+    data = conll_slice(conll_dir, tmp_path / "small", train=120, evaluate=40)
     teacher = run_module("teacher", "--preset", "minilm", f"model={tiny_bert}",
                          f"dataset={data}", "run=pack", "epochs=1", "batch_size=8",
                          "max_length=64", "pack_documents=true", cwd=tmp_path)
