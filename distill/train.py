@@ -36,12 +36,11 @@ from edgener.training.datasets import load_recorded_dataset
 from edgener.training.loop import (
     Processes,
     TokenClassifierStep,
-    close_processes,
     evaluate,
     fit,
-    init_processes,
     score_splits,
     set_seed,
+    torchrun_processes,
 )
 from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 
@@ -61,11 +60,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m distill") -> int:
     config = load_config(DistillConfig, preset_path("distill", preset), overrides, args.quick)
     if not config.students:
         raise ConfigError(f"preset {preset!r} defines no students")
-    processes = init_processes(config.threads)
-    try:
+    with torchrun_processes(config.threads) as processes:
         return distill(config, preset, processes, args.fresh)
-    finally:
-        close_processes(processes)
 
 
 def distill(config: DistillConfig, preset: str, processes: Processes, fresh: bool) -> int:

@@ -42,10 +42,9 @@ from edgener.training.datasets import load_dataset
 from edgener.training.loop import (
     FitResult,
     Processes,
-    close_processes,
     fit,
-    init_processes,
     set_seed,
+    torchrun_processes,
 )
 from edgener.training.publish import describe_model, fingerprint, make_manifest, seal_folder
 from pretrain import vocabulary
@@ -79,11 +78,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m pretrain") -> int
     config = load_config(PretrainConfig, preset_path("pretrain", args.preset),
                          parse_overrides(args.overrides), args.quick)
     config.run = config.run or dataset_run_name(config.dataset)
-    processes = init_processes(config.threads)
-    try:
+    with torchrun_processes(config.threads) as processes:
         return pretrain(config, args.preset, processes, args.fresh)
-    finally:
-        close_processes(processes)
 
 
 def teacher_needs_pretraining(preset: str | None) -> bool:

@@ -34,12 +34,11 @@ from edgener.training.loop import (
     FitResult,
     Processes,
     TokenClassifierStep,
-    close_processes,
     evaluate,
     fit,
-    init_processes,
     score_splits,
     set_seed,
+    torchrun_processes,
 )
 from edgener.training.publish import describe_model, fingerprint, make_manifest, publish_model
 from teacher.config import TeacherConfig
@@ -67,11 +66,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m teacher") -> int:
     config = load_config(TeacherConfig, preset_path("teacher", preset),
                          parse_overrides(args.overrides), args.quick)
     config.run = config.run or dataset_run_name(config.dataset)
-    processes = init_processes(config.threads)
-    try:
+    with torchrun_processes(config.threads) as processes:
         return train(config, preset, reason, processes, fresh=args.fresh)
-    finally:
-        close_processes(processes)
 
 
 def train(config: TeacherConfig, preset: str, reason: str, processes: Processes,

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
 
     import torch
 
-    from edgener.training.loop import TrainSettings, close_processes, fit, init_processes
+    from edgener.training.loop import TrainSettings, fit, torchrun_processes
 
 
     class Step(torch.nn.Module):
@@ -29,13 +29,12 @@ SCRIPT = textwrap.dedent("""
             return (self.weight * torch.stack([self.inputs[i] for i in indices])).mean()
 
 
-    processes = init_processes(threads=1)
-    seen = []
-    step = Step(seen)
-    settings = TrainSettings(epochs=1, batch_size=8, group_by_length=False)
-    fit(step, step, [1] * 9, lambda: 0.0, settings, Path(sys.argv[1]), "toy", processes)
-    Path(sys.argv[1], f"seen-{processes.rank}.json").write_text(json.dumps(seen))
-    close_processes(processes)
+    with torchrun_processes(threads=1) as processes:
+        seen = []
+        step = Step(seen)
+        settings = TrainSettings(epochs=1, batch_size=8, group_by_length=False)
+        fit(step, step, [1] * 9, lambda: 0.0, settings, Path(sys.argv[1]), "toy", processes)
+        Path(sys.argv[1], f"seen-{processes.rank}.json").write_text(json.dumps(seen))
 """)
 
 

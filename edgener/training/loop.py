@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -58,8 +59,17 @@ class Processes:
             torch.distributed.barrier()
 
 
-def init_processes(threads: int | None = None) -> Processes:
-    """Join torchrun's process group if launched by it: nccl on CUDA, gloo on CPU."""
+@contextlib.contextmanager
+def torchrun_processes(threads: int | None = None) -> Iterator[Processes]:
+    """Where this process stands among torchrun's processes, for the `with` block: inside
+    torchrun it joins the process group (nccl on CUDA, gloo on CPU) and leaves it after.
+
+    Leaving after a normal end, a process first waits for its peers, so none tears its
+    connections down while another still writes its last checkpoint, and first frees the
+    DDP wrappers (held by reference cycles) while the group and the interpreter are whole:
+    gloo threads torn down at interpreter exit abort the process. After an error it leaves
+    at once, since its peers may never reach the barrier.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -70,14 +80,18 @@ def init_processes(threads: int | None = None) -> Processes:
         device = torch.device("cpu")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    return Processes(rank, world_size, device)
-
-
-def close_processes(processes: Processes) -> None:
-    if processes.distributed and torch.distributed.is_initialized():
+    joined = world_size > 1 and not torch.distributed.is_initialized()
+    if joined:
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Processes(rank, world_size, device)
+    except BaseException:
+        if joined:
+            torch.distributed.destroy_process_group()
+        raise
+    if joined:
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
