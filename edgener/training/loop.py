@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import random
 import time
@@ -65,10 +64,8 @@ def torchrun_processes(threads: int | None = None) -> Iterator[Processes]:
     torchrun it joins the process group (nccl on CUDA, gloo on CPU) and leaves it after.
 
     Leaving after a normal end, a process first waits for its peers, so none tears its
-    connections down while another still writes its last checkpoint, and first frees the
-    DDP wrappers (held by reference cycles) while the group and the interpreter are whole:
-    gloo threads torn down at interpreter exit abort the process. After an error it leaves
-    at once, since its peers may never reach the barrier.
+    connections down and exits while another is still at work on the group; after an
+    error it leaves at once, since its peers may never reach the barrier.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -90,7 +87,6 @@ def torchrun_processes(threads: int | None = None) -> Iterator[Processes]:
             torch.distributed.destroy_process_group()
         raise
     if joined:
-        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
