@@ -80,15 +80,14 @@ def torchrun_processes(threads: int | None = None) -> Iterator[Processes]:
     joined = world_size > 1 and not torch.distributed.is_initialized()
     if joined:
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    processes = Processes(rank, world_size, device)
     try:
-        yield Processes(rank, world_size, device)
-    except BaseException:
+        yield processes
+        if joined:
+            processes.barrier()
+    finally:
         if joined:
             torch.distributed.destroy_process_group()
-        raise
-    if joined:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def set_seed(seed: int) -> None:
